@@ -1,0 +1,320 @@
+"""Configuration: config.json, then environment variables, then command-line flags.
+
+Every setting lives in one dataclass field below; the JSON section and field name
+are the dataclass names, and each field is also read from ``DS2A_<SECTION>_<FIELD>``
+(``DS2A_POOL_QUEUE_TIMEOUT=30``). Bad config stops start-up with a message that
+names the field, because a gateway that half-starts is worse than one that refuses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """Config that cannot be used; the message names the offending field."""
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 5001
+    max_body_bytes: int = 8 * 1024 * 1024
+    max_header_bytes: int = 16 * 1024
+    max_header_count: int = 100
+    header_timeout: float = 10.0  # whole request head must arrive within this
+    body_timeout: float = 30.0  # whole body must arrive within this after the head
+    keepalive_timeout: float = 75.0  # idle keep-alive connections are closed after this
+    shutdown_grace: float = 30.0  # running streams may finish within this on SIGTERM
+    cors_origins: list[str] = field(default_factory=lambda: ["*"])
+    log_level: str = "INFO"
+    access_log: bool = True
+
+
+@dataclass
+class DeepSeekConfig:
+    base_url: str = "https://chat.deepseek.com"
+    # Header personality (protocol doc §2.2). DeepSeek changes these without notice.
+    user_agent: str = "DeepSeek/2.0.4 Android/35"
+    client_version: str = "2.0.4"
+    client_platform: str = "android"
+    client_locale: str = "zh_CN"
+    extra_headers: dict[str, str] = field(default_factory=dict)
+    model_type: str = "default"  # §12: the only type enabled since 2026-09
+    connect_timeout: float = 10.0
+    first_byte_timeout: float = 60.0  # request sent -> first stream event
+    idle_timeout: float = 300.0  # between two stream events; long thinking is quiet
+    request_timeout: float = 30.0  # whole non-streaming call (login, session, challenge)
+    pool_limit: int = 256  # connections to the upstream, all accounts together
+    delete_sessions: bool = True  # delete each chat session after its answer
+
+
+@dataclass
+class PoolConfig:
+    max_inflight_per_account: int = 1
+    queue_max: int = 256  # waiting requests; more answer 429
+    queue_timeout: float = 120.0  # seconds a request may wait for an account
+    min_gap: float = 0.0  # seconds between two generations on one account
+    cooldown: float = 60.0  # rate-limited / token-invalid accounts rest this long
+    max_attempts: int = 3  # accounts tried per request before the first byte
+    failover_budget: float = 30.0  # seconds spent trying accounts before the first byte
+    continue_rounds: int = 8  # automatic chat/continue rounds for INCOMPLETE answers
+    prepare: bool = True  # keep a session and a solved challenge ready on idle accounts
+    refresh_margin: float = 30.0  # re-solve a ready challenge this long before it expires
+    token_store: str = "data/tokens.json"  # relative to the config file's folder
+
+
+@dataclass
+class ApiConfig:
+    allow_direct_tokens: bool = True  # an unknown bearer is used as a DeepSeek user token
+    citations: str = "links"  # links | numbers | remove
+    prompt_template: str = "deepseek"  # deepseek | plain
+    prompt_tokens: str = "estimate"  # estimate | tokenizer
+    models: list[dict[str, Any]] = field(default_factory=list)  # [] = the default table
+
+
+@dataclass
+class AccountConfig:
+    email: str | None = None
+    mobile: str | None = None
+    area_code: str | None = None
+    password: str | None = None
+    token: str | None = None
+    name: str | None = None  # label in logs and health; defaults to the masked login
+
+    @property
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        if self.email:
+            user, _, domain = self.email.partition("@")
+            return f"{user[:2]}***@{domain}"
+        if self.mobile:
+            return f"{self.mobile[:3]}****{self.mobile[-2:]}"
+        return f"token:{(self.token or '')[:4]}***"
+
+
+@dataclass
+class Config:
+    keys: list[str] = field(default_factory=list)
+    accounts: list[AccountConfig] = field(default_factory=list)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    deepseek: DeepSeekConfig = field(default_factory=DeepSeekConfig)
+    pool: PoolConfig = field(default_factory=PoolConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
+    path: Path | None = None  # where it was loaded from; relative paths resolve here
+
+    def resolve(self, relative: str) -> Path:
+        """A path from config, relative to the config file's folder."""
+        p = Path(relative)
+        if p.is_absolute():
+            return p
+        base = self.path.parent if self.path else Path.cwd()
+        return base / p
+
+
+SECTIONS = {"server": ServerConfig, "deepseek": DeepSeekConfig, "pool": PoolConfig, "api": ApiConfig}
+CHOICES = {
+    "api.citations": ("links", "numbers", "remove"),
+    "api.prompt_template": ("deepseek", "plain"),
+    "api.prompt_tokens": ("estimate", "tokenizer"),
+    "server.log_level": ("DEBUG", "INFO", "WARNING", "ERROR"),
+}
+
+
+def _convert(name: str, value: Any, hint: Any) -> Any:
+    """Check and convert one JSON/env value against its field's type hint."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None:
+            return None
+        return _convert(name, value, args[0])
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{name}: expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{name}: expected an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{name}: expected a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{name}: expected a string, got {value!r}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{name}: expected a list, got {value!r}")
+        (item,) = typing.get_args(hint)
+        return [_convert(f"{name}[{i}]", v, item) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name}: expected an object, got {value!r}")
+        _, item = typing.get_args(hint)
+        return {str(k): _convert(f"{name}.{k}", v, item) for k, v in value.items()}
+    if hint is Any:
+        return value
+    if is_dataclass(hint):
+        return _build(hint, name, value)
+    raise ConfigError(f"{name}: unsupported field type {hint!r}")  # pragma: no cover
+
+
+def _build(cls: type, name: str, data: Any) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{name}: expected an object, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls) if f.name != "path"}
+    unknown = [k for k in data if k not in known and not k.startswith(("_", "//"))]
+    if unknown:
+        raise ConfigError(f"{name}.{unknown[0]}: unknown setting (known: {', '.join(sorted(known))})")
+    kwargs = {}
+    for key, value in data.items():
+        if key.startswith(("_", "//")):
+            continue  # comments
+        kwargs[key] = _convert(f"{name}.{key}" if name else key, value, hints[key])
+    return cls(**kwargs)
+
+
+def _parse_env(name: str, raw: str, hint: Any) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        hint = [a for a in typing.get_args(hint) if a is not type(None)][0]
+        origin = typing.get_origin(hint)
+    try:
+        if hint is bool:
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ConfigError(f"{name}: expected true or false, got {raw!r}")
+        if hint is int:
+            return int(raw)
+        if hint is float:
+            return float(raw)
+        if hint is str:
+            return raw
+        if origin is list and typing.get_args(hint)[0] is str:
+            return [part.strip() for part in raw.split(",") if part.strip()]
+        return json.loads(raw)
+    except (ValueError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{name}: cannot parse {raw!r} ({exc})") from None
+
+
+def _env_overrides(env: typing.Mapping[str, str]) -> dict[str, Any]:
+    """``DS2A_<SECTION>_<FIELD>`` values, shaped like config.json."""
+    out: dict[str, Any] = {}
+    for section, cls in SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        for f in fields(cls):
+            var = f"DS2A_{section}_{f.name}".upper()
+            if var in env:
+                out.setdefault(section, {})[f.name] = _parse_env(var, env[var], hints[f.name])
+    # Shortcuts for the settings people set most.
+    for var, section, key in (("DS2A_HOST", "server", "host"), ("DS2A_PORT", "server", "port")):
+        if var in env:
+            hint = typing.get_type_hints(ServerConfig)[key]
+            out.setdefault(section, {})[key] = _parse_env(var, env[var], hint)
+    if "DS2A_KEYS" in env:
+        out["keys"] = _parse_env("DS2A_KEYS", env["DS2A_KEYS"], list[str])
+    if "DS2A_ACCOUNTS" in env:
+        out["accounts"] = _parse_env("DS2A_ACCOUNTS", env["DS2A_ACCOUNTS"], list[dict[str, Any]])
+    return out
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and key in SECTIONS:
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def _validate(cfg: Config) -> None:
+    for dotted, allowed in CHOICES.items():
+        section, key = dotted.split(".")
+        value = getattr(getattr(cfg, section), key)
+        if value not in allowed:
+            raise ConfigError(f"{dotted}: must be one of {', '.join(allowed)}, got {value!r}")
+    positive = [
+        ("server.port", cfg.server.port, 0),
+        ("server.max_body_bytes", cfg.server.max_body_bytes, 1),
+        ("server.max_header_bytes", cfg.server.max_header_bytes, 1),
+        ("server.max_header_count", cfg.server.max_header_count, 1),
+        ("pool.max_inflight_per_account", cfg.pool.max_inflight_per_account, 1),
+        ("pool.max_attempts", cfg.pool.max_attempts, 1),
+        ("deepseek.pool_limit", cfg.deepseek.pool_limit, 1),
+    ]
+    for name, value, low in positive:
+        if value < low:
+            raise ConfigError(f"{name}: must be at least {low}, got {value}")
+    if not 0 <= cfg.server.port <= 65535:
+        raise ConfigError(f"server.port: must be 0-65535, got {cfg.server.port}")
+    for name in ("queue_max", "continue_rounds"):
+        if getattr(cfg.pool, name) < 0:
+            raise ConfigError(f"pool.{name}: must not be negative")
+    for name in ("queue_timeout", "min_gap", "cooldown", "failover_budget", "refresh_margin"):
+        if getattr(cfg.pool, name) < 0:
+            raise ConfigError(f"pool.{name}: must not be negative")
+    if not cfg.deepseek.base_url.startswith(("http://", "https://")):
+        raise ConfigError(f"deepseek.base_url: must start with http:// or https://, got {cfg.deepseek.base_url!r}")
+    for i, key in enumerate(cfg.keys):
+        if not key.strip():
+            raise ConfigError(f"keys[{i}]: empty key")
+    for i, acc in enumerate(cfg.accounts):
+        where = f"accounts[{i}]"
+        if acc.email and acc.mobile:
+            raise ConfigError(f"{where}: give email or mobile, not both")
+        if not (acc.email or acc.mobile or acc.token):
+            raise ConfigError(f"{where}: needs an email, a mobile or a token")
+        if (acc.email or acc.mobile) and not acc.password and not acc.token:
+            raise ConfigError(f"{where}.password: required to log in with {'email' if acc.email else 'mobile'}")
+    labels = [a.label for a in cfg.accounts]
+    logins = [a.email or a.mobile or a.token for a in cfg.accounts]
+    for i, login in enumerate(logins):
+        if login in logins[:i]:
+            raise ConfigError(f"accounts[{i}]: duplicate of accounts[{logins.index(login)}] ({labels[i]})")
+
+
+def load_config(
+    path: str | Path | None = None,
+    *,
+    env: typing.Mapping[str, str] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Config:
+    """Read config.json (if any), apply environment and explicit overrides, validate."""
+    env = os.environ if env is None else env
+    data: dict[str, Any] = {}
+    resolved: Path | None = None
+    if path is None and "DS2A_CONFIG" in env:
+        path = env["DS2A_CONFIG"]
+    if path is not None:
+        resolved = Path(path).resolve()
+        try:
+            text = resolved.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {resolved}: {exc.strerror}") from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{resolved}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{resolved}: the top level must be a JSON object")
+    data = _merge(data, _env_overrides(env))
+    if overrides:
+        data = _merge(data, overrides)
+    cfg = _build(Config, "", data)
+    cfg.path = resolved
+    _validate(cfg)
+    return cfg

@@ -1,0 +1,110 @@
+"""What can go wrong upstream, classified once so every layer reacts the same way.
+
+The client raises ``DeepSeekError`` for envelopes, HTTP failures and transport
+errors; the stream parser reports in-stream errors as events that carry the same
+``ErrorKind``. The pool decides per kind (re-login, cool down, fail over) and the
+API layer maps kinds to HTTP statuses.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ErrorKind(enum.Enum):
+    AUTH = "auth"  # 40001/40002/40003, HTTP 401/403: the token is bad -> log in again
+    LOGIN_FAILED = "login_failed"  # wrong password: do not retry
+    MUTED = "muted"  # biz_code 5: account restricted until mute_until
+    RATE_LIMITED = "rate_limited"  # 40029, HTTP 429, hint rate_limit_reached: back off
+    BUSY = "busy"  # "A message is being generated": this account is already generating
+    INVALID_SESSION = "invalid_session"  # biz_code 1: make a new session
+    POW = "pow"  # 40300 MISSING_HEADER or a challenge we cannot solve
+    INPUT_TOO_LONG = "input_too_long"  # hint input_exceeds_limit / context_length_exceeded
+    UNAVAILABLE = "unavailable"  # connection refused/reset, 5xx, generation_err
+    TIMEOUT = "timeout"  # connect, first byte, or idle-between-events timeout
+    PROTOCOL = "protocol"  # a body we cannot read: wrong content type, bad JSON, no terminal
+    UPSTREAM = "upstream"  # any other non-zero code: surfaced with its message, not retried
+
+
+# Kinds where trying again on another account (before the first byte) is sensible.
+RETRYABLE = frozenset(
+    {
+        ErrorKind.AUTH,
+        ErrorKind.MUTED,
+        ErrorKind.RATE_LIMITED,
+        ErrorKind.BUSY,
+        ErrorKind.INVALID_SESSION,
+        ErrorKind.POW,
+        ErrorKind.UNAVAILABLE,
+        ErrorKind.TIMEOUT,
+        ErrorKind.LOGIN_FAILED,
+    }
+)
+
+AUTH_CODES = frozenset({40001, 40002, 40003})
+BUSY_TEXT = "being generated"
+
+
+class DeepSeekError(Exception):
+    """An upstream failure with its classification and the upstream's own words."""
+
+    def __init__(
+        self,
+        kind: ErrorKind,
+        message: str,
+        *,
+        code: int | None = None,
+        biz_code: int | None = None,
+        http_status: int | None = None,
+        mute_until: float | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.code = code
+        self.biz_code = biz_code
+        self.http_status = http_status
+        self.mute_until = mute_until
+        self.retry_after = retry_after
+
+    @property
+    def retryable(self) -> bool:
+        return self.kind in RETRYABLE
+
+    def __repr__(self) -> str:
+        return f"DeepSeekError({self.kind.value}, {self.message!r}, code={self.code}, biz_code={self.biz_code})"
+
+
+def classify_stream_error(finish_reason: str | None, content: str | None) -> ErrorKind:
+    """Kind of an in-stream error (a ``hint`` event or a bare error frame, §7.9)."""
+    text = (content or "").lower()
+    if BUSY_TEXT in text:
+        return ErrorKind.BUSY
+    if finish_reason == "rate_limit_reached" or "too frequent" in text or "频繁" in text:
+        return ErrorKind.RATE_LIMITED
+    if finish_reason in ("input_exceeds_limit", "context_length_exceeded"):
+        return ErrorKind.INPUT_TOO_LONG
+    if finish_reason == "generation_err" or "temporarily unavailable" in text:
+        return ErrorKind.UNAVAILABLE
+    return ErrorKind.UPSTREAM
+
+
+def classify_envelope(code: int, biz_code: int | None, message: str, *, login: bool = False) -> ErrorKind:
+    """Kind of a non-zero envelope (§2.1, §10)."""
+    if code in AUTH_CODES:
+        return ErrorKind.AUTH
+    if code == 40300:
+        return ErrorKind.POW
+    if code == 40029 or biz_code == 40029:
+        return ErrorKind.RATE_LIMITED
+    if code == 0 and biz_code is not None:
+        if login and biz_code == 2:
+            return ErrorKind.LOGIN_FAILED
+        if biz_code == 5 and "mute" in message.lower():
+            return ErrorKind.MUTED
+        if biz_code == 1 and "session" in message.lower():
+            return ErrorKind.INVALID_SESSION
+        if BUSY_TEXT in message.lower():
+            return ErrorKind.BUSY
+    return ErrorKind.UPSTREAM

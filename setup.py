@@ -17,6 +17,8 @@ class OptionalBuildExt(build_ext):
             print(f"WARNING: ds2a proof-of-work extension not built ({exc}); using pure Python")
 
     def build_extension(self, ext: Extension) -> None:
+        if self.compiler.compiler_type == "msvc":  # GCC-style flags would only draw warnings
+            ext.extra_compile_args = ["/O2"]
         try:
             super().build_extension(ext)
         except Exception as exc:
@@ -28,7 +30,10 @@ setup(
         Extension(
             "ds2a.deepseek._pow",
             sources=["ds2a/deepseek/_pow.c"],
-            extra_compile_args=["-O3"],
+            # No -march=native: the image is built on one machine and run on another.
+            # _pow.c compiles its AVX2/AVX-512 kernels with per-function target
+            # attributes and picks one at import from what the running CPU supports.
+            extra_compile_args=["-O3", "-Wextra"],
         )
     ],
     cmdclass={"build_ext": OptionalBuildExt},

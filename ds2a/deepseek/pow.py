@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 ALGORITHM = "DeepSeekHashV1"
 COMPLETION_PATH = "/api/v0/chat/completion"
+_HEX_DIGITS = frozenset("0123456789abcdef")
 
 
 class PowError(Exception):
@@ -60,9 +61,9 @@ class Challenge:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise PowError(f"malformed proof-of-work challenge: {exc!r}") from exc
-        if len(challenge.challenge) != 64:
+        if len(challenge.challenge) != 64 or not all(c in _HEX_DIGITS for c in challenge.challenge):
             raise PowError(f"malformed proof-of-work challenge digest {challenge.challenge!r}")
-        if challenge.difficulty <= 0:
+        if not 0 < challenge.difficulty < 1 << 63:  # the C scan counts in a signed 64-bit int
             raise PowError(f"bad proof-of-work difficulty {challenge.difficulty}")
         return challenge
 
@@ -155,16 +156,19 @@ except ImportError:  # pragma: no cover - depends on the build
     _pow = None
 
 NATIVE = _pow is not None
+# What solve() runs: the C kernel picked for this CPU ("avx512", "avx2", "scalar") or "python".
+IMPL: str = _pow.impl() if _pow is not None else "python"
 _warned = False
 
 
 def _warn_slow() -> None:
+    # Once per process: every completion needs a challenge, so repeating it would flood the log.
     global _warned
     if not _warned:
         _warned = True
         log.warning(
-            "proof-of-work C extension not available: solving in pure Python takes about "
-            "15-30 s per challenge; reinstall ds2a with a C compiler present (pip install -e .)"
+            "proof-of-work C extension not available: solving in pure Python takes tens of "
+            "seconds per challenge; reinstall ds2a with a C compiler present (pip install -e .)"
         )
 
 

@@ -1,0 +1,531 @@
+"""The DeepSeek web API client (protocol doc §2-§6, §8, §10).
+
+One ``DeepSeekClient`` per process owns one ``aiohttp.ClientSession`` whose
+connector pools keep-alive connections for every account together. Non-streaming
+calls return the envelope's ``biz_data`` or raise ``DeepSeekError``; completion and
+continue return a ``Completion`` that hands out raw body chunks for the stream
+parser.
+
+Timeouts: non-streaming calls run under aiohttp's ``total`` timeout. Streams use
+aiohttp's ``sock_read`` timeout, which the connection's protocol re-arms on every
+network read anyway: it starts as ``first_byte_timeout`` when the request has been
+sent and is switched once, on the first body chunk, to ``idle_timeout``. So
+``Completion.read()`` adds no timer of its own.
+
+Secrets: tokens travel only in the ``Authorization`` header and passwords only in
+the login body; error messages are built from upstream texts and exception
+summaries, and are scrubbed of the call's secret before they leave this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import hashlib
+import json
+import logging
+import math
+import time
+from collections.abc import Iterable, Mapping
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+from yarl import URL
+
+from ds2a.config import DeepSeekConfig
+from ds2a.deepseek.errors import DeepSeekError, ErrorKind, classify_envelope
+from ds2a.deepseek.pow import COMPLETION_PATH, Challenge, PowError
+
+log = logging.getLogger(__name__)
+
+LOGIN_PATH = "/api/v0/users/login"
+CURRENT_USER_PATH = "/api/v0/users/current"
+CREATE_SESSION_PATH = "/api/v0/chat_session/create"
+DELETE_SESSION_PATH = "/api/v0/chat_session/delete"
+CHALLENGE_PATH = "/api/v0/chat/create_pow_challenge"
+CONTINUE_PATH = "/api/v0/chat/continue"
+STOP_PATH = "/api/v0/chat/stop_stream"
+PATHS = (
+    LOGIN_PATH,
+    CURRENT_USER_PATH,
+    CREATE_SESSION_PATH,
+    DELETE_SESSION_PATH,
+    CHALLENGE_PATH,
+    COMPLETION_PATH,
+    CONTINUE_PATH,
+    STOP_PATH,
+)
+
+# Shorter than typical server-side keep-alive windows, so a pooled connection is
+# dropped by us before the upstream closes it under a request we cannot replay (POST).
+KEEPALIVE_TIMEOUT = 15.0
+SNIPPET_CHARS = 200  # how much of an unexpected body an error message quotes
+JSON_CONTENT_TYPE = "application/json"
+SSE_CONTENT_TYPE = "text/event-stream"
+
+
+def _dumps(body: Mapping[str, Any]) -> bytes:
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _redact(text: str, secrets: Iterable[str | None]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def _snippet(raw: bytes) -> str:
+    text = raw[:SNIPPET_CHARS].decode("utf-8", "replace").strip()
+    return text + ("…" if len(raw) > SNIPPET_CHARS else "")
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait from ``Retry-After`` (seconds or HTTP date) or DeepSeek's ``x-fetch-after-sec``."""
+    for name in ("Retry-After", "x-fetch-after-sec"):
+        value = headers.get(name)
+        if not value:
+            continue
+        try:
+            seconds = float(value)
+        except ValueError:
+            pass
+        else:
+            if math.isfinite(seconds):
+                return max(0.0, seconds)
+            continue
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            continue
+        return max(0.0, when.timestamp() - time.time())
+    return None
+
+
+def _transport_error(exc: BaseException, what: str) -> DeepSeekError:
+    """Kind and summary of an aiohttp/socket failure; the exception object itself is dropped
+    because aiohttp's request info (with the Authorization header) hangs off some of them."""
+    summary = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if isinstance(exc, asyncio.TimeoutError):
+        return DeepSeekError(ErrorKind.TIMEOUT, f"{what} timed out ({summary})")
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return DeepSeekError(ErrorKind.PROTOCOL, f"{what}: unreadable HTTP response ({summary})")
+    return DeepSeekError(ErrorKind.UNAVAILABLE, f"{what}: connection failed ({summary})")
+
+
+def _detail_text(detail: Any) -> str:
+    """FastAPI 422 detail without the ``input`` echo, which can contain the password."""
+    if isinstance(detail, list):
+        parts = []
+        for item in detail:
+            if isinstance(item, dict):
+                loc = item.get("loc")
+                loc_text = ".".join(map(str, loc)) if isinstance(loc, (list, tuple)) else str(loc)
+                parts.append(f"{loc_text}: {item.get('msg', '')}")
+            else:
+                parts.append(str(item))
+        return "; ".join(parts)
+    return str(detail)
+
+
+def _parse_json(raw: bytes, content_type: str, what: str) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise DeepSeekError(
+            ErrorKind.PROTOCOL, f"{what}: expected JSON, got {content_type or 'no content type'}: {_snippet(raw)!r}"
+        ) from None
+
+
+def _envelope_data(envelope: Any, what: str, *, login: bool, retry_after: float | None) -> Any:
+    """``biz_data`` of a successful two-level envelope (§2.1), else the classified error."""
+    if not isinstance(envelope, dict) or not isinstance(envelope.get("code"), int):
+        raise DeepSeekError(ErrorKind.PROTOCOL, f"{what}: not a DeepSeek envelope: {str(envelope)[:SNIPPET_CHARS]!r}")
+    code: int = envelope["code"]
+    data = envelope.get("data")
+    biz_code = data.get("biz_code") if isinstance(data, dict) else None
+    biz_data = data.get("biz_data") if isinstance(data, dict) else None
+    if code == 0 and biz_code in (0, None):
+        if not isinstance(data, dict):
+            raise DeepSeekError(ErrorKind.PROTOCOL, f"{what}: success envelope without data")
+        return biz_data
+    message = (data.get("biz_msg") if isinstance(data, dict) and biz_code else None) or envelope.get("msg") or ""
+    message = str(message) or f"{what} failed (code {code}, biz_code {biz_code})"
+    kind = classify_envelope(code, biz_code, message, login=login)
+    mute_until = biz_data.get("mute_until") if isinstance(biz_data, dict) else None
+    raise DeepSeekError(
+        kind,
+        message,
+        code=code,
+        biz_code=biz_code,
+        mute_until=float(mute_until) if isinstance(mute_until, (int, float)) else None,
+        retry_after=retry_after,
+    )
+
+
+def _http_error(status: int, headers: Mapping[str, str], raw: bytes, what: str) -> DeepSeekError:
+    """A non-200 answer: the status decides the kind, the body (if JSON) supplies the words."""
+    upstream = ""
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        if "detail" in body:
+            upstream = _detail_text(body["detail"])
+        else:
+            data = body.get("data")
+            upstream = str((data.get("biz_msg") if isinstance(data, dict) else None) or body.get("msg") or "")
+    elif raw:
+        upstream = _snippet(raw)
+    message = f"{what}: HTTP {status}" + (f": {upstream}" if upstream else "")
+    if headers.get("x-amzn-waf-action"):
+        kind = ErrorKind.UNAVAILABLE
+        message = f"{what}: HTTP {status}, blocked by the AWS WAF challenge"
+    elif status == 429:
+        kind = ErrorKind.RATE_LIMITED
+    elif status >= 500:
+        kind = ErrorKind.UNAVAILABLE
+    elif status in (401, 403):
+        kind = ErrorKind.AUTH
+    else:
+        kind = ErrorKind.UPSTREAM
+    return DeepSeekError(kind, message, http_status=status, retry_after=_retry_after(headers))
+
+
+def _device_id(login: str) -> str:
+    """Stable per account, so each account looks like one device across restarts."""
+    return hashlib.sha256(b"ds2a-device:" + login.encode()).hexdigest()[:32]
+
+
+class Completion:
+    """One streaming answer: raw body chunks as they arrive.
+
+    ``read()`` is the gateway's hot path: one awaited ``readany`` per network read,
+    no timer of its own (aiohttp's ``sock_read`` timer, re-armed by the protocol on
+    every read, enforces first-byte and idle limits).
+    """
+
+    __slots__ = ("_response", "_readany", "_idle_timeout", "_waiting_first", "trace_id")
+
+    def __init__(self, response: aiohttp.ClientResponse, idle_timeout: float) -> None:
+        self._response = response
+        self._readany = response.content.readany
+        self._idle_timeout = idle_timeout
+        self._waiting_first = True
+        self.trace_id: str | None = response.headers.get("x-ds-trace-id")
+
+    async def read(self) -> bytes:
+        """Next body chunk, ``b""`` at the end of the body."""
+        try:
+            chunk = await self._readany()
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+            raise self._failed(exc) from None
+        if self._waiting_first and chunk:
+            self._waiting_first = False
+            self._arm_idle_timeout()
+        return chunk
+
+    def _arm_idle_timeout(self) -> None:
+        # The body may already have ended with this chunk, in which case aiohttp has
+        # handed the connection back to the pool and its protocol belongs to someone else.
+        connection = self._response.connection
+        protocol = connection.protocol if connection is not None else None
+        if protocol is not None:
+            protocol.read_timeout = self._idle_timeout
+            protocol.start_timeout()  # replaces the first-byte timer already running
+
+    def _failed(self, exc: BaseException) -> DeepSeekError:
+        """Stream failures carry only our words and aiohttp's summary: no header ever gets here."""
+        self._response.close()
+        if self._waiting_first:
+            what = "stream: waiting for the first byte"
+        else:
+            what = "stream: waiting for the next chunk"
+        if isinstance(exc, asyncio.TimeoutError):
+            error = DeepSeekError(ErrorKind.TIMEOUT, f"{what}: upstream silent for too long")
+        else:
+            # Whatever breaks after the head is the connection's fault, not a bad answer.
+            error = DeepSeekError(ErrorKind.UNAVAILABLE, _transport_error(exc, what).message)
+        log.debug("completion stream failed: %s (%s)", error.kind.value, error.message)
+        return error
+
+    def release(self) -> None:
+        """Hand the connection back; aiohttp closes it instead if the body was not read to the end."""
+        self._response.release()
+
+    def close(self) -> None:
+        """Abort: drop the connection, which also ends the upstream's generation stream."""
+        self._response.close()
+
+    async def __aenter__(self) -> Completion:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is None:
+            self.release()
+        else:
+            self.close()
+
+
+class DeepSeekClient:
+    """All calls to chat.deepseek.com, over one shared connection pool."""
+
+    def __init__(self, config: DeepSeekConfig) -> None:
+        self._config = config
+        self._session: aiohttp.ClientSession | None = None
+        base = config.base_url.rstrip("/")
+        self._urls = {path: URL(base + path) for path in PATHS}
+        self._headers = self._personality(config)
+        self._call_timeout = aiohttp.ClientTimeout(total=config.request_timeout, connect=config.connect_timeout)
+        # total=None: a stream may run for many minutes; sock_read bounds each silence instead.
+        self._stream_timeout = aiohttp.ClientTimeout(
+            total=None, connect=config.connect_timeout, sock_read=config.first_byte_timeout
+        )
+        # Until the response head arrives, also bound what sock_read does not cover
+        # (connecting, and writing a body the upstream does not read).
+        self._stream_open_limit = config.connect_timeout + config.first_byte_timeout
+
+    @staticmethod
+    def _personality(config: DeepSeekConfig) -> dict[str, str]:
+        headers = {
+            "User-Agent": config.user_agent,
+            "Accept": JSON_CONTENT_TYPE,
+            "x-client-version": config.client_version,
+            "x-client-platform": config.client_platform,
+            "x-client-locale": config.client_locale,
+        }
+        headers.update(config.extra_headers)
+        return headers
+
+    # --- lifecycle -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._session is not None:
+            return
+        connector = aiohttp.TCPConnector(
+            limit=self._config.pool_limit,
+            keepalive_timeout=KEEPALIVE_TIMEOUT,
+            ttl_dns_cache=300,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            headers=self._headers,
+            timeout=self._call_timeout,
+            # Accounts share this session: cookies one account is given must not ride
+            # along on another account's requests.
+            cookie_jar=aiohttp.DummyCookieJar(),
+            raise_for_status=False,
+        )
+
+    async def close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    async def __aenter__(self) -> DeepSeekClient:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("DeepSeekClient is not started: await client.start() first")
+        return self._session
+
+    # --- calls ---------------------------------------------------------------------
+
+    async def login(
+        self,
+        *,
+        email: str | None = None,
+        mobile: str | None = None,
+        area_code: str | None = None,
+        password: str,
+    ) -> str:
+        """Password login (§3.1); returns the Bearer token. With both logins given, e-mail wins."""
+        if not email and not mobile:
+            raise ValueError("login needs email= or mobile=")
+        body: dict[str, Any]
+        if email:
+            body = {"email": email}
+        else:
+            body = {"mobile": mobile, "area_code": area_code}
+        body.update(
+            password=password,
+            device_id=_device_id(email or mobile or ""),
+            os=self._config.client_platform,
+        )
+        biz_data = await self._call("POST", LOGIN_PATH, None, body, secret=password, login=True)
+        user = biz_data.get("user") if isinstance(biz_data, dict) else None
+        token = user.get("token") if isinstance(user, dict) else None
+        if not isinstance(token, str) or not token:
+            raise DeepSeekError(ErrorKind.PROTOCOL, "login: answer without biz_data.user.token")
+        return token
+
+    async def current_user(self, token: str) -> dict[str, Any]:
+        """The account behind a token (§3.3); a cheap token check."""
+        biz_data = await self._call("GET", CURRENT_USER_PATH, token, None)
+        if not isinstance(biz_data, dict):
+            raise DeepSeekError(ErrorKind.PROTOCOL, "users/current: answer without biz_data")
+        return biz_data
+
+    async def create_session(self, token: str) -> str:
+        """A new chat session id (§4.1); both known answer shapes are accepted."""
+        biz_data = await self._call("POST", CREATE_SESSION_PATH, token, {})
+        if isinstance(biz_data, dict):
+            chat_session = biz_data.get("chat_session")
+            session_id = chat_session.get("id") if isinstance(chat_session, dict) else biz_data.get("id")
+            if isinstance(session_id, str) and session_id:
+                return session_id
+        raise DeepSeekError(ErrorKind.PROTOCOL, "chat_session/create: answer without a session id")
+
+    async def delete_session(self, token: str, session_id: str) -> None:
+        await self._call("POST", DELETE_SESSION_PATH, token, {"chat_session_id": session_id})
+
+    async def create_pow_challenge(self, token: str, target_path: str = COMPLETION_PATH) -> Challenge:
+        """A proof-of-work challenge for ``target_path`` (§5.1); refuses unknown algorithms."""
+        biz_data = await self._call("POST", CHALLENGE_PATH, token, {"target_path": target_path})
+        challenge = biz_data.get("challenge") if isinstance(biz_data, dict) else None
+        if not isinstance(challenge, dict):
+            raise DeepSeekError(ErrorKind.PROTOCOL, "create_pow_challenge: answer without biz_data.challenge")
+        try:
+            return Challenge.from_json(challenge)
+        except PowError as exc:
+            raise DeepSeekError(ErrorKind.POW, str(exc)) from None
+
+    async def completion(
+        self,
+        token: str,
+        *,
+        session_id: str,
+        pow_response: str,
+        prompt: str,
+        thinking: bool,
+        search: bool,
+        parent_message_id: int | None = None,
+        ref_file_ids: Iterable[str] = (),
+    ) -> Completion:
+        """Start a generation (§6); the answer streams through the returned ``Completion``."""
+        body = {
+            "chat_session_id": session_id,
+            "parent_message_id": parent_message_id,
+            "model_type": self._config.model_type,
+            "prompt": prompt,
+            "ref_file_ids": list(ref_file_ids),
+            "thinking_enabled": thinking,
+            "search_enabled": search,
+            "preempt": False,
+        }
+        return await self._open_stream(COMPLETION_PATH, token, body, {"x-ds-pow-response": pow_response})
+
+    async def continue_stream(self, token: str, *, session_id: str, message_id: int) -> Completion:
+        """Resume an INCOMPLETE answer (§8); sent without PoW, as the web client does."""
+        body = {"chat_session_id": session_id, "message_id": message_id, "fallback_to_resume": True}
+        return await self._open_stream(CONTINUE_PATH, token, body, None)
+
+    async def stop_stream(self, token: str, *, session_id: str, message_id: int) -> None:
+        await self._call("POST", STOP_PATH, token, {"chat_session_id": session_id, "message_id": message_id})
+
+    # --- plumbing ------------------------------------------------------------------
+
+    @staticmethod
+    def _call_headers(token: str | None, with_body: bool) -> dict[str, str]:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        if with_body:
+            headers["Content-Type"] = JSON_CONTENT_TYPE
+        return headers
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        token: str | None,
+        body: Mapping[str, Any] | None,
+        *,
+        secret: str | None = None,
+        login: bool = False,
+    ) -> Any:
+        """One non-streaming call: ``biz_data`` of a successful envelope, else ``DeepSeekError``."""
+        what = path.removeprefix("/api/v0/")
+        headers = self._call_headers(token, body is not None)
+        data = _dumps(body) if body is not None else None
+        try:
+            try:
+                async with self.session.request(
+                    method, self._urls[path], headers=headers, data=data, allow_redirects=False
+                ) as response:
+                    raw = await response.read()
+                    status, resp_headers, content_type = response.status, response.headers, response.content_type
+            except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+                raise _transport_error(exc, what) from None
+            log.debug("%s %s -> HTTP %s", method, what, status)
+            if status != 200:
+                raise _http_error(status, resp_headers, raw, what)
+            envelope = _parse_json(raw, content_type, what)
+            return _envelope_data(envelope, what, login=login, retry_after=_retry_after(resp_headers))
+        except DeepSeekError as error:
+            raise self._scrubbed(error, what, token, secret) from None
+
+    async def _open_stream(
+        self, path: str, token: str, body: Mapping[str, Any], extra: Mapping[str, str] | None
+    ) -> Completion:
+        what = path.removeprefix("/api/v0/")
+        headers = self._call_headers(token, True)
+        if extra:
+            headers.update(extra)
+        try:
+            response = await self._send_stream(path, headers, _dumps(body), what)
+            try:
+                return await self._stream_or_error(response, what)
+            except BaseException:
+                response.close()
+                raise
+        except DeepSeekError as error:
+            raise self._scrubbed(error, what, token, None) from None
+
+    async def _send_stream(self, path: str, headers: dict[str, str], data: bytes, what: str) -> aiohttp.ClientResponse:
+        try:
+            async with asyncio.timeout(self._stream_open_limit):
+                return await self.session.post(
+                    self._urls[path], headers=headers, data=data, timeout=self._stream_timeout, allow_redirects=False
+                )
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+            raise _transport_error(exc, what) from None
+
+    async def _stream_or_error(self, response: aiohttp.ClientResponse, what: str) -> Completion:
+        """Check status and content type before anything is read as SSE (§2.1)."""
+        status, content_type = response.status, response.content_type
+        log.debug("POST %s -> HTTP %s %s", what, status, content_type)
+        if status == 200 and content_type == SSE_CONTENT_TYPE:
+            return Completion(response, self._config.idle_timeout)
+        try:
+            raw = await response.read()
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+            raise _transport_error(exc, what) from None
+        if status != 200:
+            raise _http_error(status, response.headers, raw, what)
+        if content_type != JSON_CONTENT_TYPE:
+            raise DeepSeekError(
+                ErrorKind.PROTOCOL, f"{what}: expected {SSE_CONTENT_TYPE}, got {content_type or 'no content type'}"
+            )
+        envelope = _parse_json(raw, content_type, what)
+        _envelope_data(envelope, what, login=False, retry_after=_retry_after(response.headers))
+        raise DeepSeekError(ErrorKind.PROTOCOL, f"{what}: a success envelope instead of a stream")
+
+    @staticmethod
+    def _scrubbed(error: DeepSeekError, what: str, token: str | None, secret: str | None) -> DeepSeekError:
+        message = _redact(error.message, (token, secret))
+        if message != error.message:
+            error.message = message
+            error.args = (message,)
+        log.debug("%s failed: %s (%s)", what, error.kind.value, error.message)
+        return error

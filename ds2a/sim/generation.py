@@ -1,0 +1,366 @@
+"""Streaming one message: the opening events, the pre-encoded steps, and the end.
+
+One `Generation` per running completion or continuation. It owns its account's
+generation slot while it runs and gives it back the moment it ends, however it ends
+(finished, stopped, cut by a fault, dropped, or the client went away).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from ds2a.sim import bodies
+from ds2a.sim.frames import (
+    COMMENT, ELAPSED, ELAPSED_PATH, KEEPALIVE, TEXT, Sticky, Step, batch, data, event, fragments_at, template_fragment,
+    tip_fragment,
+)
+
+if TYPE_CHECKING:
+    from ds2a.sim.accounts import Account, Message
+    from ds2a.sim.app import Simulator
+
+FINISHED, INCOMPLETE, CONTENT_FILTER = "FINISHED", "INCOMPLETE", "CONTENT_FILTER"
+SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
+
+
+@dataclass(slots=True)
+class Behaviour:
+    """How this request's stream goes: settings plus any faults or directives that apply."""
+
+    delay: float
+    first_delay: float
+    chunk: int
+    content_filter: bool = False
+    incomplete_after: int | None = None  # tokens generated in this stream before it is cut
+    drop_after: int | None = None  # SSE blocks written before the connection is aborted
+
+
+class _Dropped(Exception):
+    """The drop fault fired: unwind without counting a client disconnect."""
+
+
+class Generation:
+    def __init__(self, sim: Simulator, account: Account, message: Message, behaviour: Behaviour,
+                 request: web.Request) -> None:
+        self.sim = sim
+        self.account = account
+        self.message = message
+        self.behaviour = behaviour
+        self.request = request
+        self.resp = web.StreamResponse(headers={**SSE_HEADERS, "x-ds-trace-id": sim.trace_id()})
+        self.stop_requested = False
+        self.frames = 0
+        self.i = 0  # next step index
+        self._wake: asyncio.Future[None] | None = None
+        self._buffer: list[bytes] = []
+        self._coalesce = sim.config.coalesce if behaviour.delay == 0 else 1
+        self._started: dict[int, float] = {}  # THINK block -> monotonic start
+        self._dropping = False
+        self._resume = False
+        account.generation = self
+        message.generation = self
+        sim.generations.add(self)
+
+    # --- control ------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """chat/stop_stream: end at the next step with status INCOMPLETE."""
+        self.stop_requested = True
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
+
+    async def sleep(self, seconds: float) -> None:
+        # Like asyncio.sleep, but stop() cuts it short so a stop lands at once.
+        loop = asyncio.get_running_loop()
+        self._wake = loop.create_future()
+        handle = loop.call_later(seconds, _wake_up, self._wake)
+        try:
+            await self._wake
+        finally:
+            handle.cancel()
+            self._wake = None
+
+    # --- the stream ---------------------------------------------------------------
+
+    async def run(self, resume: bool) -> web.StreamResponse:
+        sim, msg = self.sim, self.message
+        sim.counters.stream_opened()
+        self._resume = resume
+        start = msg.pos
+        ended = False
+        try:
+            if self.behaviour.first_delay:
+                await self.sleep(self.behaviour.first_delay)
+            await self.resp.prepare(self.request)
+            for frame in self._head(resume):
+                await self.emit(frame)
+            ending = await self._body(start, resume)
+            ended = True
+            await self._tail(ending, start)
+            await self.flush()
+            await self.resp.write_eof()
+        except _Dropped:
+            pass
+        except (ConnectionError, asyncio.CancelledError) as exc:
+            if not self._dropping:
+                sim.counters.disconnects += 1
+                if not ended:
+                    self._cut(self.i)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+        finally:
+            self._release()
+        return self.resp
+
+    def _head(self, resume: bool) -> list[bytes]:
+        msg = self.message
+        frames = [event("ready", self.sim.ready_payload(msg))]
+        if resume:
+            frames.append(KEEPALIVE)  # where the continue capture has one
+        frames.append(event("update_session", {"updated_at": time.time()}))
+        compiled = msg.compiled
+        if resume:
+            fragments, pending = fragments_at(compiled, msg.pos, msg.elapsed)
+            # The stored message comes back with millisecond precision (continue capture).
+            frames.append(self._snapshot(fragments, msg.tokens, pending, round(msg.inserted_at, 3)))
+            open_block = self._open_think(msg.pos)
+            if open_block >= 0:
+                self._started[open_block] = time.monotonic() - msg.elapsed.get(open_block, 0.0)
+        else:
+            # A fresh snapshot says 0 tokens although its first fragment has text (captures).
+            frames.append(self._snapshot(list(compiled.initial), 0, compiled.initial_pending, msg.inserted_at))
+            msg.tokens = compiled.initial_tokens
+            if compiled.initial_think >= 0:
+                self._started[compiled.initial_think] = time.monotonic()
+        return frames
+
+    def _snapshot(self, fragments: list[dict[str, Any]], tokens: int, pending: bool, inserted_at: float) -> bytes:
+        msg = self.message
+        response = {
+            "message_id": msg.response_id,
+            "parent_id": msg.request_id,
+            "model": "",
+            "role": "ASSISTANT",
+            "thinking_enabled": msg.thinking,
+            "ban_edit": False,
+            "ban_regenerate": False,
+            "status": "WIP",
+            "incomplete_message": None,
+            "accumulated_token_usage": tokens,
+            "files": [],
+            "feedback": None,
+            "inserted_at": inserted_at,
+            "search_enabled": msg.search,
+            "fragments": fragments,
+            "conversation_mode": "DEEP_SEARCH" if msg.search else "DEFAULT",
+            "has_pending_fragment": pending,
+            "auto_continue": False,
+            "search_triggered": msg.search,
+        }
+        return data({"v": {"response": response}})
+
+    async def _body(self, start: int, resume: bool) -> str:
+        steps = self.message.compiled.steps
+        count = len(steps)
+        cut = self.behaviour.incomplete_after
+        budget = None if cut is None else self.message.tokens + cut
+        initial_tokens = self.message.compiled.initial_tokens
+        fresh = start if resume else -1  # a continuation re-states p/o after its snapshot
+        i = start
+        while i < count:
+            self.i = i
+            if self.stop_requested:
+                return self._cut(i)
+            step = steps[i]
+            if budget is not None and step.kind == TEXT and (
+                steps[i - 1].tokens_after if i else initial_tokens) >= budget:
+                return self._cut(i)
+            if i == fresh:
+                if step.kind == COMMENT:
+                    fresh += 1
+                    frame = step.frame
+                else:
+                    frame = self._render(step, Sticky())
+            elif step.kind == TEXT or step.kind == COMMENT:
+                frame = step.frame
+            elif step.kind == ELAPSED:
+                frame = self._render(step, self._state_before(i, start))
+            else:
+                frame = step.frame
+                self._note_think(step)
+            await self.emit(frame)
+            i += 1
+        self.i = i
+        self.message.pos = count
+        self.message.tokens = steps[-1].tokens_after if steps else self.message.tokens
+        return CONTENT_FILTER if self.behaviour.content_filter else FINISHED
+
+    def _render(self, step: Step, sticky: Sticky) -> bytes:
+        """A step encoded live: `elapsed_secs`, or any step re-stated in full after a snapshot."""
+        value = step.v
+        if step.kind == ELAPSED:
+            value = self._elapsed(step.effects[0][1])
+        else:
+            self._note_think(step)
+        return data(sticky.obj(step.p, step.o, value))
+
+    def _note_think(self, step: Step) -> None:
+        # A step that opens a THINK block starts its elapsed_secs clock.
+        if step.think >= 0 and step.think not in self._started:
+            self._started[step.think] = time.monotonic()
+
+    def _elapsed(self, block: int) -> float:
+        started = self._started.get(block, time.monotonic())
+        # Floored at 1 ms: a sub-millisecond think would serialise in exponent form
+        # (9.9e-05), a float shape no capture has.
+        secs = max(round(time.monotonic() - started, 9), 0.001)
+        self.message.elapsed[block] = secs
+        return secs
+
+    def _state_before(self, i: int, start: int) -> Sticky:
+        if i > start:
+            prev = self.message.compiled.steps[i - 1]
+            return Sticky(prev.p, prev.o)
+        return Sticky()
+
+    def _open_think(self, pos: int) -> int:
+        compiled = self.message.compiled
+        return compiled.steps[pos - 1].think if pos > 0 else compiled.initial_think
+
+    def _cut(self, i: int) -> str:
+        """Record how far the message got; the step about to go out counts as generated."""
+        msg = self.message
+        steps = msg.compiled.steps
+        pos = i + 1 if i < len(steps) and steps[i].kind == TEXT else i
+        if pos > msg.pos:
+            msg.pos = pos
+            msg.tokens = steps[pos - 1].tokens_after
+        msg.status = INCOMPLETE
+        return INCOMPLETE
+
+    async def _tail(self, ending: str, start: int) -> None:
+        sim, msg = self.sim, self.message
+        sticky = self._state_before(self.i, start)
+        frames: list[bytes] = []
+        if ending == CONTENT_FILTER:
+            frames += self._content_filter_end(sticky)
+        else:
+            frames.append(data(sticky.obj("response", "BATCH", batch(
+                [("accumulated_token_usage", "SET", msg.tokens), ("quasi_status", "SET", ending)]))))
+            block = self._open_think(msg.pos)
+            if ending == INCOMPLETE and block >= 0:
+                frames.append(data(sticky.obj(ELAPSED_PATH, "SET", self._elapsed(block))))
+            frames.append(data(sticky.obj("response/status", "SET", ending)))
+        msg.status = ending
+        if sim.config.finish_event:
+            frames.append(event("finish", {}))
+        frames.append(event("update_session", {"updated_at": time.time()}))
+        if msg.first_turn and ending != CONTENT_FILTER and not self._resume:
+            frames.append(event("title", {"content": msg.compiled.plan.title}))
+        frames.append(event("close", bodies.CLOSE_NONE))
+        for frame in frames:
+            await self.emit(frame)
+        counters = sim.counters
+        if ending == FINISHED:
+            counters.finished += 1
+        elif ending == INCOMPLETE:
+            counters.incomplete += 1
+        else:
+            counters.content_filtered += 1
+
+    def _content_filter_end(self, sticky: Sticky) -> list[bytes]:
+        """The end of new-content-filter-20260405.txt: the answer is withdrawn."""
+        msg = self.message
+        plan = msg.compiled.plan
+        frames = []
+        if not msg.compiled.has_tip:
+            frames.append(data(sticky.obj("response/fragments", "APPEND", [tip_fragment(plan.next_fragment_id)])))
+        frames.append(data(sticky.obj("response", "BATCH", batch(
+            [("accumulated_token_usage", "SET", msg.tokens), ("quasi_status", "SET", "FINISHED")]))))
+        frames.append(KEEPALIVE)
+        frames.append(data(sticky.obj("response", "BATCH", batch([
+            ("ban_regenerate", "SET", True),
+            ("status", "SET", CONTENT_FILTER),
+            ("fragments", "SET", [template_fragment(plan.next_fragment_id + 1)]),
+            ("quasi_status", "SET", CONTENT_FILTER),
+        ]))))
+        return frames
+
+    # --- writing ------------------------------------------------------------------
+
+    async def emit(self, frame: bytes) -> None:
+        self.frames += 1
+        if self._coalesce > 1:
+            self._buffer.append(frame)
+            if len(self._buffer) >= self._coalesce:
+                await self.flush()
+                await asyncio.sleep(0)  # one write per batch, then let other streams run
+        else:
+            await self.resp.write(frame)
+            if self.behaviour.delay:
+                await self.sleep(self.behaviour.delay)
+            elif not self.frames & 63:
+                # aiohttp only yields when the socket pushes back: without this a long
+                # stream to a fast reader would hold the loop (and stop_stream) until done.
+                await asyncio.sleep(0)
+        if self.frames == self.behaviour.drop_after:
+            await self._drop()
+
+    async def flush(self) -> None:
+        if self._buffer:
+            chunk = b"".join(self._buffer)
+            self._buffer.clear()
+            await self.resp.write(chunk)
+
+    async def _drop(self) -> None:
+        """Abort the TCP connection (RST) once what was written has left our buffer."""
+        await self.flush()
+        self._dropping = True
+        self.sim.counters.drops += 1
+        self._cut(self.i)
+        self._release()
+        transport = self.request.transport
+        if transport is not None:
+            for _ in range(200):
+                if transport.get_write_buffer_size() == 0:
+                    break
+                await asyncio.sleep(0.005)
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                # SO_LINGER 0: close() sends RST instead of FIN.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            transport.abort()
+        raise _Dropped
+
+    def _release(self) -> None:
+        if self.account.generation is self:
+            self.account.generation = None
+        if self.message.generation is self:
+            self.message.generation = None
+            self.sim.counters.frames_sent += self.frames
+            self.sim.counters.stream_closed()
+            self.sim.generations.discard(self)
+
+
+def _wake_up(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+async def hint_stream(sim: Simulator, request: web.Request, payload: dict[str, Any], hint: dict[str, Any],
+                      close: dict[str, Any]) -> web.StreamResponse:
+    """A refusal inside the stream: ready, hint, close and nothing else (§7.9)."""
+    resp = web.StreamResponse(headers={**SSE_HEADERS, "x-ds-trace-id": sim.trace_id()})
+    await resp.prepare(request)
+    await resp.write(event("ready", payload) + event("hint", hint) + event("close", close))
+    await resp.write_eof()
+    sim.counters.hints += 1
+    sim.counters.frames_sent += 3
+    return resp

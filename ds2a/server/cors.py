@@ -1,0 +1,41 @@
+"""Which CORS headers a response carries, decided once per response from its Origin.
+
+Browser front-ends call the gateway with a bearer key, never cookies, so credentials
+are never allowed and "*" is a safe default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+Header = tuple[bytes, bytes]
+
+_ALLOW_ORIGIN = b"access-control-allow-origin"
+# A browser client must see Retry-After to back off on 429; nothing else is exposed.
+_EXPOSE = (b"access-control-expose-headers", b"Retry-After")
+_VARY = (b"vary", b"Origin")
+
+
+class CorsPolicy:
+    """``["*"]`` allows any origin; an explicit list echoes a matching Origin; ``[]`` disables CORS."""
+
+    __slots__ = ("_any_headers", "_miss_headers", "_origins", "_wildcard")
+
+    def __init__(self, origins: Sequence[str]) -> None:
+        self._wildcard = "*" in origins
+        self._origins = frozenset(o.rstrip("/") for o in origins if o != "*")
+        # Prebuilt: these lists are appended to every response.
+        self._any_headers: list[Header] = [(_ALLOW_ORIGIN, b"*"), _EXPOSE]
+        # An explicit list makes the answer depend on Origin, so caches must key on it.
+        self._miss_headers: list[Header] = [_VARY] if self._origins else []
+
+    @property
+    def enabled(self) -> bool:
+        return self._wildcard or bool(self._origins)
+
+    def headers_for(self, origin: str | None) -> list[Header]:
+        if self._wildcard:
+            return self._any_headers
+        if origin is not None and origin in self._origins:
+            return [(_ALLOW_ORIGIN, origin.encode("latin-1")), _EXPOSE, _VARY]
+        return self._miss_headers

@@ -94,7 +94,7 @@ class AccountConfig:
             return self.name
         if self.email:
             user, _, domain = self.email.partition("@")
-            return f"{user[:2]}***@{domain}"
+            return f"{user[:2]}***{user[-1:]}@{domain}" if len(user) > 3 else f"{user[:1]}***@{domain}"
         if self.mobile:
             return f"{self.mobile[:3]}****{self.mobile[-2:]}"
         return f"token:{(self.token or '')[:4]}***"
@@ -280,6 +280,9 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"{where}: needs an email, a mobile or a token")
         if (acc.email or acc.mobile) and not acc.password and not acc.token:
             raise ConfigError(f"{where}.password: required to log in with {'email' if acc.email else 'mobile'}")
+    from ds2a.api.models import ModelTable  # late: the model table imports ConfigError from here
+
+    ModelTable.from_config(cfg.api, cfg.deepseek)  # raises ConfigError naming the api.models field
     labels = [a.label for a in cfg.accounts]
     logins = [a.email or a.mobile or a.token for a in cfg.accounts]
     for i, login in enumerate(logins):

@@ -1,0 +1,150 @@
+"""OpenAI chat completion bodies and stream chunks, as bytes.
+
+A stream relays one chunk per upstream text event, so the chunk encoder is on the
+hot path: everything but the text is rendered once per response into byte
+templates, and a chunk is ``head + escaped text + tail``. The text is escaped by
+the json module's C string encoder (no dict is built or walked per chunk) and
+stays UTF-8 (no ``\\uXXXX`` for non-ASCII), which keeps Chinese text at a third
+of the escaped size.
+
+Chunk shape (OpenAI's ``chat.completion.chunk``): every chunk carries the same
+``id``, ``created`` and ``model``; one choice with ``index: 0``, ``logprobs: null``,
+and ``finish_reason`` null except on the one finish chunk. Reasoning goes to
+``delta.reasoning_content``, the field DeepSeek's own API uses, which reasoning-aware
+clients already read.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import string
+from json.encoder import encode_basestring, encode_basestring_ascii  # C implementations
+from typing import Any
+
+DONE = b"data: [DONE]\n\n"
+FINISH_REASONS = frozenset({"stop", "length", "content_filter", "tool_calls"})
+
+_ID_ALPHABET = string.ascii_letters + string.digits
+
+
+def new_completion_id() -> str:
+    """``chatcmpl-`` + 29 random alphanumerics, the length OpenAI's ids have."""
+    return "chatcmpl-" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(29))
+
+
+def _quote(text: str) -> bytes:
+    try:
+        return encode_basestring(text).encode()
+    except UnicodeEncodeError:
+        # A lone surrogate cannot be UTF-8; the ASCII encoder writes it as a \\u escape.
+        return encode_basestring_ascii(text).encode()
+
+
+def _dumps(obj: Any) -> bytes:
+    try:
+        return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+    except UnicodeEncodeError:
+        return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def usage_dict(prompt_tokens: int, completion_tokens: int, reasoning_tokens: int = 0) -> dict[str, Any]:
+    """OpenAI ``usage``; ``completion_tokens`` includes the reasoning tokens, as in OpenAI's API."""
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "completion_tokens_details": {"reasoning_tokens": reasoning_tokens},
+    }
+
+
+class ChunkEncoder:
+    """Stream chunks of one completion, each the complete ``data: …\\n\\n`` SSE event."""
+
+    __slots__ = ("_envelope", "_content_head", "_reasoning_head", "_tail", "_role")
+
+    DONE = DONE
+
+    def __init__(self, completion_id: str, created: int, model: str) -> None:
+        self._envelope = (
+            b'{"id":'
+            + _quote(completion_id)
+            + b',"object":"chat.completion.chunk","created":'
+            + str(int(created)).encode()
+            + b',"model":'
+            + _quote(model)
+        )
+        choice_head = b"data: " + self._envelope + b',"choices":[{"index":0,"delta":{'
+        self._content_head = choice_head + b'"content":'
+        self._reasoning_head = choice_head + b'"reasoning_content":'
+        self._tail = b'},"logprobs":null,"finish_reason":null}]}\n\n'
+        self._role = choice_head + b'"role":"assistant","content":""' + self._tail
+
+    def role(self) -> bytes:
+        """The first chunk: announces the assistant role with empty content."""
+        return self._role
+
+    def content(self, text: str) -> bytes:
+        return self._content_head + _quote(text) + self._tail
+
+    def reasoning(self, text: str) -> bytes:
+        return self._reasoning_head + _quote(text) + self._tail
+
+    def finish(self, reason: str, annotations: list[dict[str, Any]] | None = None) -> bytes:
+        """The only chunk with a finish_reason; citations ride along as delta.annotations."""
+        if reason not in FINISH_REASONS:
+            raise ValueError(f"unknown finish reason {reason!r}")
+        delta = _dumps({"annotations": annotations}) if annotations else b"{}"
+        return (
+            b"data: "
+            + self._envelope
+            + b',"choices":[{"index":0,"delta":'
+            + delta
+            + b',"logprobs":null,"finish_reason":'
+            + _quote(reason)
+            + b"}]}\n\n"
+        )
+
+    def usage(self, prompt_tokens: int, completion_tokens: int, reasoning_tokens: int = 0) -> bytes:
+        """The include_usage chunk: no choices, the usage of the whole request."""
+        usage = _dumps(usage_dict(prompt_tokens, completion_tokens, reasoning_tokens))
+        return b"data: " + self._envelope + b',"choices":[],"usage":' + usage + b"}\n\n"
+
+    @staticmethod
+    def error(message: str, type: str = "upstream_error", code: str | None = None) -> bytes:
+        """An error event after streaming began; OpenAI's SDKs raise it as an APIError."""
+        return b"data: " + _dumps({"error": {"message": message, "type": type, "param": None, "code": code}}) + b"\n\n"
+
+
+def completion_body(
+    completion_id: str,
+    created: int,
+    model: str,
+    *,
+    content: str,
+    reasoning: str | None = None,
+    finish_reason: str = "stop",
+    prompt_tokens: int = 0,
+    completion_tokens: int = 0,
+    reasoning_tokens: int = 0,
+    annotations: list[dict[str, Any]] | None = None,
+) -> bytes:
+    """A non-stream ``chat.completion``. ``reasoning`` None leaves out reasoning_content
+    (non-thinking models); an empty string keeps it, as DeepSeek's API does for reasoners."""
+    if finish_reason not in FINISH_REASONS:
+        raise ValueError(f"unknown finish reason {finish_reason!r}")
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if reasoning is not None:
+        message["reasoning_content"] = reasoning
+    message["refusal"] = None
+    if annotations:
+        message["annotations"] = annotations
+    body = {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": int(created),
+        "model": model,
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}],
+        "usage": usage_dict(prompt_tokens, completion_tokens, reasoning_tokens),
+    }
+    return _dumps(body)

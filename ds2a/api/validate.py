@@ -1,0 +1,416 @@
+"""Validation of ``POST /v1/chat/completions`` bodies.
+
+The gateway accepts what OpenAI's API accepts as far as the web chat can honour it,
+and refuses with a 400 naming the field (``param`` as a JSON path such as
+``messages[2].content[0]``) what it cannot: images, audio and files, ``n`` > 1,
+log probabilities, and requests that force a tool call. Sampling parameters
+(temperature, penalties, seed, …) are type-checked and then ignored, since the
+web chat has no such knobs; unknown fields are ignored as OpenAI's SDKs add new
+ones faster than gateways follow.
+
+Messages come out normalised to ``(role, text)`` pairs for the prompt builder,
+roles ``system``/``developer``/``user``/``assistant``/``tool`` (legacy
+``function`` messages become ``tool``); tool calls and tool results are rendered
+as text by ``ds2a.deepseek.prompt``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+from ds2a.api.errors import ApiError
+from ds2a.api.models import ModelSpec, ModelTable
+from ds2a.deepseek.prompt import render_tool_calls, render_tool_result
+
+MAX_STOPS = 4
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+UNSUPPORTED_PARTS = {"image_url": "images", "input_audio": "audio", "file": "files"}
+
+# Ignored parameters, with the JSON types they may have (null is always allowed).
+_NUMBER = ((int, float), "a number")
+_STRING = ((str,), "a string")
+_OBJECT = ((dict,), "an object")
+_BOOLEAN = ((bool,), "a boolean")
+_IGNORED: dict[str, tuple[tuple[type, ...], str]] = {
+    "temperature": _NUMBER,
+    "top_p": _NUMBER,
+    "frequency_penalty": _NUMBER,
+    "presence_penalty": _NUMBER,
+    "seed": ((int,), "an integer"),
+    "user": _STRING,
+    "safety_identifier": _STRING,
+    "prompt_cache_key": _STRING,
+    "service_tier": _STRING,
+    "reasoning_effort": _STRING,
+    "verbosity": _STRING,
+    "metadata": _OBJECT,
+    "response_format": _OBJECT,
+    "logit_bias": _OBJECT,
+    "web_search_options": _OBJECT,
+    "prediction": _OBJECT,
+    "parallel_tool_calls": _BOOLEAN,
+    "store": _BOOLEAN,
+}
+
+
+@dataclass(slots=True)
+class ChatRequest:
+    model: str  # the name the client sent (an alias stays an alias)
+    spec: ModelSpec
+    messages: list[tuple[str, str]]
+    stream: bool = False
+    include_usage: bool = False
+    max_tokens: int | None = None  # the smaller of max_tokens and max_completion_tokens
+    stop: list[str] = field(default_factory=list)
+
+
+def parse_chat_request(body: bytes, models: ModelTable) -> ChatRequest:
+    """The validated request, or ApiError(400/404) naming the offending field."""
+    data = _load(body)
+    model = _require(data, "model", str, "a string")
+    messages = _messages(data)
+    stream = bool(_optional(data, "stream", (bool,), "a boolean"))
+    include_usage = _include_usage(data)
+    max_tokens = _max_tokens(data)
+    stop = _stops(data)
+    _check_n(data)
+    _check_logprobs(data)
+    _check_tools(data)
+    _check_ignored(data)
+    # Last, so a malformed request is told what is wrong with it before it is told the model is unknown.
+    spec = models.resolve(model)
+    return ChatRequest(model, spec, messages, stream, include_usage, max_tokens, stop)
+
+
+# --- helpers -------------------------------------------------------------------------
+
+
+def _fail(message: str, param: str | None, code: str) -> NoReturn:
+    raise ApiError(400, message, param=param, code=code)
+
+
+def _kind(value: Any) -> str:
+    """How a JSON value's type is named in messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def _is(value: Any, types: tuple[type, ...]) -> bool:
+    # JSON booleans are Python ints; only a field declared boolean accepts them.
+    if isinstance(value, bool):
+        return bool in types
+    return isinstance(value, types)
+
+
+def _wrong_type(param: str, expected: str, value: Any) -> NoReturn:
+    _fail(f"Invalid type for '{param}': expected {expected}, but got {_kind(value)} instead.", param, "invalid_type")
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _load(body: bytes) -> dict[str, Any]:
+    if not body.strip():
+        _fail("The request body is empty; expected a JSON object.", None, "invalid_json")
+    try:
+        data = json.loads(body, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        _fail(
+            f"The request body is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno}).",
+            None,
+            "invalid_json",
+        )
+    except (ValueError, RecursionError) as exc:  # bad UTF-8, NaN, huge ints, absurd nesting
+        _fail(f"The request body is not valid JSON: {exc}.", None, "invalid_json")
+    if not isinstance(data, dict):
+        _fail(f"The request body must be a JSON object, got {_kind(data)}.", None, "invalid_type")
+    return data
+
+
+def _require(data: dict[str, Any], key: str, typ: type, expected: str) -> Any:
+    if data.get(key) is None:
+        _fail(f"Missing required parameter: '{key}'.", key, "missing_required_parameter")
+    value = data[key]
+    if not _is(value, (typ,)):
+        _wrong_type(key, expected, value)
+    return value
+
+
+def _optional(data: dict[str, Any], key: str, types: tuple[type, ...], expected: str, path: str | None = None) -> Any:
+    value = data.get(key)
+    if value is not None and not _is(value, types):
+        _wrong_type(path or key, expected, value)
+    return value
+
+
+# --- messages --------------------------------------------------------------------------
+
+
+def _messages(data: dict[str, Any]) -> list[tuple[str, str]]:
+    raw = _require(data, "messages", list, "an array")
+    if not raw:
+        _fail("Invalid 'messages': empty array. Expected an array with minimum length 1.", "messages", "empty_array")
+    call_names: dict[str, str] = {}  # tool_call_id -> function name, to label tool results
+    return [_message(f"messages[{i}]", m, call_names) for i, m in enumerate(raw)]
+
+
+def _message(path: str, msg: Any, call_names: dict[str, str]) -> tuple[str, str]:
+    if not isinstance(msg, dict):
+        _wrong_type(path, "an object", msg)
+    role = msg.get("role")
+    if role is None:
+        _fail(f"Missing required parameter: '{path}.role'.", f"{path}.role", "missing_required_parameter")
+    if not isinstance(role, str):
+        _wrong_type(f"{path}.role", "a string", role)
+    if role not in ROLES:
+        _fail(
+            f"Invalid value for '{path}.role': {role!r}. Supported values are: "
+            "'system', 'developer', 'user', 'assistant' and 'tool'.",
+            f"{path}.role",
+            "invalid_value",
+        )
+    if role == "assistant":
+        return "assistant", _assistant_text(path, msg, call_names)
+    text = _content(path, msg, required=True)
+    if role in ("tool", "function"):
+        return "tool", _tool_text(path, role, msg, text, call_names)
+    return role, text
+
+
+def _content(path: str, msg: dict[str, Any], *, required: bool) -> str:
+    content = msg.get("content")
+    where = f"{path}.content"
+    if content is None:
+        if required:
+            _fail(f"Missing required parameter: '{where}'.", where, "missing_required_parameter")
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(_part_text(f"{where}[{j}]", part) for j, part in enumerate(content))
+    _wrong_type(where, "a string or an array of content parts", content)
+
+
+def _part_text(path: str, part: Any) -> str:
+    if not isinstance(part, dict):
+        _wrong_type(path, "an object", part)
+    kind = part.get("type")
+    if kind in ("text", "refusal"):
+        text = part.get(kind)
+        if not isinstance(text, str):
+            _wrong_type(f"{path}.{kind}", "a string", text)
+        return text
+    if kind in UNSUPPORTED_PARTS:
+        _fail(
+            f"Invalid content part '{path}': {UNSUPPORTED_PARTS[kind]} are not supported by this gateway "
+            "(the DeepSeek web chat it relays to accepts text only). Send text parts only.",
+            path,
+            "unsupported_content",
+        )
+    if not isinstance(kind, str):
+        _wrong_type(f"{path}.type", "a string", kind)
+    _fail(f"Invalid value for '{path}.type': {kind!r}. Supported values are: 'text'.", f"{path}.type", "invalid_value")
+
+
+def _assistant_text(path: str, msg: dict[str, Any], call_names: dict[str, str]) -> str:
+    # Content may be null when the assistant only called tools or refused.
+    text = _content(path, msg, required=False)
+    refusal = _optional(msg, "refusal", (str,), "a string", f"{path}.refusal")
+    if not text and refusal:
+        text = refusal
+    calls = _tool_calls(path, msg, call_names)
+    if calls:
+        text = f"{text}\n{calls}" if text else calls
+    return text
+
+
+def _tool_calls(path: str, msg: dict[str, Any], call_names: dict[str, str]) -> str:
+    calls: list[tuple[str, str, str]] = []
+    raw = _optional(msg, "tool_calls", (list,), "an array", f"{path}.tool_calls") or []
+    for k, call in enumerate(raw):
+        where = f"{path}.tool_calls[{k}]"
+        if not isinstance(call, dict):
+            _wrong_type(where, "an object", call)
+        call_id = _text_field(call, "id", f"{where}.id")
+        kind = "custom" if call.get("type") == "custom" else "function"
+        body = call.get(kind)
+        if not isinstance(body, dict):
+            _wrong_type(f"{where}.{kind}", "an object", body)
+        name = _text_field(body, "name", f"{where}.{kind}.name")
+        args = body.get("arguments", body.get("input")) or ""
+        # Some clients send parsed arguments; the model only needs to read them.
+        calls.append((call_id, name, args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)))
+        if call_id:
+            call_names[call_id] = name
+    legacy = _optional(msg, "function_call", (dict,), "an object", f"{path}.function_call")
+    if legacy:
+        name = _text_field(legacy, "name", f"{path}.function_call.name")
+        calls.append(("", name, _text_field(legacy, "arguments", f"{path}.function_call.arguments")))
+    return render_tool_calls(calls)
+
+
+def _text_field(obj: dict[str, Any], key: str, path: str) -> str:
+    value = obj.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        _wrong_type(path, "a string", value)
+    return value
+
+
+def _tool_text(path: str, role: str, msg: dict[str, Any], text: str, call_names: dict[str, str]) -> str:
+    if role == "function":
+        return render_tool_result(_text_field(msg, "name", f"{path}.name") or None, None, text)
+    call_id = _text_field(msg, "tool_call_id", f"{path}.tool_call_id")
+    return render_tool_result(call_names.get(call_id), call_id or None, text)
+
+
+# --- parameters ------------------------------------------------------------------------
+
+
+def _include_usage(data: dict[str, Any]) -> bool:
+    options = _optional(data, "stream_options", (dict,), "an object")
+    if not options:
+        return False
+    value = _optional(options, "include_usage", (bool,), "a boolean", "stream_options.include_usage")
+    return bool(value)
+
+
+def _max_tokens(data: dict[str, Any]) -> int | None:
+    limits = []
+    for key in ("max_tokens", "max_completion_tokens"):
+        value = _optional(data, key, (int,), "an integer")
+        if value is None:
+            continue
+        if value < 1:
+            _fail(
+                f"Invalid '{key}': integer below minimum value. Expected a value >= 1, but got {value} instead.",
+                key,
+                "integer_below_min_value",
+            )
+        limits.append(value)
+    return min(limits) if limits else None
+
+
+def _stops(data: dict[str, Any]) -> list[str]:
+    stop = data.get("stop")
+    if stop is None:
+        return []
+    stops = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stops, list):
+        _wrong_type("stop", "a string or an array of strings", stop)
+    if len(stops) > MAX_STOPS:
+        _fail(
+            f"Invalid 'stop': array too long. Expected an array with maximum length {MAX_STOPS}, "
+            f"but got an array with length {len(stops)} instead.",
+            "stop",
+            "array_above_max_length",
+        )
+    for k, s in enumerate(stops):
+        where = "stop" if isinstance(stop, str) else f"stop[{k}]"
+        if not isinstance(s, str):
+            _wrong_type(where, "a string", s)
+        if not s:
+            _fail(f"Invalid '{where}': stop sequences must not be empty.", where, "invalid_value")
+    return list(dict.fromkeys(stops))  # duplicates would only cost matching time
+
+
+def _check_n(data: dict[str, Any]) -> None:
+    n = _optional(data, "n", (int,), "an integer")
+    if n is None or n == 1:
+        return
+    if n < 1:
+        _fail(
+            f"Invalid 'n': integer below minimum value. Expected a value >= 1, but got {n} instead.",
+            "n",
+            "integer_below_min_value",
+        )
+    _fail(
+        f"Unsupported value: 'n' is {n}, but this gateway supports only n=1 (one choice per request).",
+        "n",
+        "unsupported_value",
+    )
+
+
+def _check_logprobs(data: dict[str, Any]) -> None:
+    if _optional(data, "logprobs", (bool,), "a boolean"):
+        _fail(
+            "Unsupported value: 'logprobs' is not supported by this gateway (the web chat does not expose them).",
+            "logprobs",
+            "unsupported_value",
+        )
+    top = _optional(data, "top_logprobs", (int,), "an integer")
+    if top:
+        _fail(
+            "Unsupported parameter: 'top_logprobs' is not supported by this gateway.",
+            "top_logprobs",
+            "unsupported_parameter",
+        )
+
+
+def _check_tools(data: dict[str, Any]) -> None:
+    # Tools are accepted and never called: the web chat has no function calling, so only a
+    # request that *forces* a call is refused.
+    for key in ("tools", "functions"):
+        tools = _optional(data, key, (list,), "an array")
+        for k, tool in enumerate(tools or []):
+            if not isinstance(tool, dict):
+                _wrong_type(f"{key}[{k}]", "an object", tool)
+    choice = _optional(data, "tool_choice", (str, dict), "a string or an object")
+    if isinstance(choice, str) and choice not in ("none", "auto", "required"):
+        _fail(
+            f"Invalid value for 'tool_choice': {choice!r}. Supported values are: 'none', 'auto' and 'required'.",
+            "tool_choice",
+            "invalid_value",
+        )
+    if _forces_call(choice):
+        _fail(
+            "Unsupported value: 'tool_choice' forces a tool call, but this gateway cannot call tools "
+            "(the DeepSeek web chat has no function calling). Use 'auto' or 'none'.",
+            "tool_choice",
+            "unsupported_value",
+        )
+    legacy = _optional(data, "function_call", (str, dict), "a string or an object")
+    if isinstance(legacy, dict):
+        _fail(
+            "Unsupported value: 'function_call' names a function to call, but this gateway cannot call functions.",
+            "function_call",
+            "unsupported_value",
+        )
+
+
+def _forces_call(choice: Any) -> bool:
+    if choice == "required":
+        return True
+    if isinstance(choice, dict):
+        if choice.get("type") == "allowed_tools":
+            allowed = choice.get("allowed_tools")
+            return isinstance(allowed, dict) and allowed.get("mode") == "required"
+        return True  # {"type": "function"|"custom", ...} names one tool
+    return False
+
+
+def _check_ignored(data: dict[str, Any]) -> None:
+    for key, (types, expected) in _IGNORED.items():
+        _optional(data, key, types, expected)
+    modalities = _optional(data, "modalities", (list,), "an array")
+    if modalities and any(m != "text" for m in modalities):
+        _fail(
+            "Unsupported value: 'modalities' may only contain 'text' on this gateway.",
+            "modalities",
+            "unsupported_value",
+        )

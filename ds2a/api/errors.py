@@ -7,7 +7,11 @@ to an upstream failure, goes through ``ApiError`` so clients can rely on one sha
 from __future__ import annotations
 
 import json
+import math
+import time
 from collections.abc import Sequence
+
+from ds2a.deepseek.errors import DeepSeekError, ErrorKind
 
 # Default OpenAI error type per status; a raise site may name a more precise one.
 _TYPES = {
@@ -61,3 +65,44 @@ class ApiError(Exception):
 def error_body(status: int, message: str, *, code: str | None = None, param: str | None = None) -> bytes:
     """Shortcut for layers that only need the bytes (the HTTP server's own 4xx answers)."""
     return ApiError(status, message, code=code, param=param).body()
+
+
+# --- upstream failures -------------------------------------------------------------
+
+# (status, OpenAI error type, code) per upstream error kind, when the request cannot be served.
+_UPSTREAM = {
+    "auth": (502, "upstream_error", "upstream_auth_failed"),
+    "login_failed": (502, "upstream_error", "upstream_login_failed"),
+    "muted": (503, "upstream_error", "upstream_account_muted"),
+    "rate_limited": (429, "rate_limit_error", "upstream_rate_limited"),
+    "busy": (429, "rate_limit_error", "upstream_busy"),
+    "invalid_session": (502, "upstream_error", "upstream_invalid_session"),
+    "pow": (502, "upstream_error", "upstream_proof_of_work"),
+    "input_too_long": (400, "invalid_request_error", "context_length_exceeded"),
+    "unavailable": (502, "upstream_error", "upstream_unavailable"),
+    "timeout": (504, "upstream_error", "upstream_timeout"),
+    "protocol": (502, "upstream_error", "upstream_protocol_error"),
+    "upstream": (502, "upstream_error", "upstream_error"),
+}
+
+
+def upstream_error(exc: DeepSeekError, *, direct: bool = False) -> ApiError:
+    """The client-facing error for an upstream failure, carrying the upstream's own words."""
+    status, type_, code = _UPSTREAM[exc.kind.value]
+    headers: list[tuple[str, str]] = []
+    if exc.kind is ErrorKind.AUTH and direct:
+        return ApiError(
+            401,
+            "the bearer is not one of this gateway's keys, and DeepSeek rejected it as a user token: "
+            + exc.message,
+            type="authentication_error",
+            code="invalid_api_key",
+        )
+    if status in (429, 503):
+        wait = exc.retry_after
+        if wait is None and exc.mute_until:
+            wait = exc.mute_until - time.time()
+        if wait is None:
+            wait = 5.0 if exc.kind is ErrorKind.BUSY else 30.0
+        headers.append(("Retry-After", str(max(1, math.ceil(wait)))))
+    return ApiError(status, f"DeepSeek: {exc.message}", type=type_, code=code, headers=headers)

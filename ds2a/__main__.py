@@ -1,0 +1,155 @@
+"""``python -m ds2a``: run the gateway (``--demo``: against the built-in simulator, offline)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from ds2a.config import Config, ConfigError, load_config
+
+log = logging.getLogger("ds2a")
+
+DEMO_ACCOUNTS = 2
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m ds2a",
+        description="OpenAI-compatible gateway to the DeepSeek web chat, for personal use.",
+    )
+    parser.add_argument("--config", help="config file (default: $DS2A_CONFIG, else ./config.json if present)")
+    parser.add_argument("--host", help="listen address (default 127.0.0.1; the container uses 0.0.0.0)")
+    parser.add_argument("--port", type=int, help="listen port (default 5001)")
+    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default INFO")
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="serve from the built-in DeepSeek simulator (offline; no real accounts used)",
+    )
+    return parser.parse_args(argv)
+
+
+def build_config(args: argparse.Namespace) -> Config:
+    path: str | None = args.config or os.environ.get("DS2A_CONFIG")
+    if path is None and Path("config.json").exists():
+        path = "config.json"
+    overrides: dict[str, Any] = {}
+    server: dict[str, Any] = {}
+    if args.host:
+        server["host"] = args.host
+    if args.port is not None:
+        server["port"] = args.port
+    if args.log_level:
+        server["log_level"] = args.log_level
+    if server:
+        overrides["server"] = server
+    return load_config(path, overrides=overrides)
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+async def run(config: Config, *, demo: bool) -> None:
+    from ds2a.app import Gateway
+
+    sim = None
+    if demo:
+        config, sim = await start_demo_upstream(config)
+    gateway = Gateway(config)
+    host, port = await gateway.start()
+    if demo:
+        print_demo_banner(config, host, port)
+    log.info("ds2a listening on http://%s:%d (%d accounts)", host, port, len(config.accounts))
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down: running answers get up to %g s to finish", config.server.shutdown_grace)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(sig)  # a second Ctrl-C kills at once
+    await gateway.stop()
+    if sim is not None:
+        await sim.stop()
+
+
+async def start_demo_upstream(config: Config) -> tuple[Config, Any]:
+    """Start the simulator in-process and point a demo config at it."""
+    from ds2a.sim import SimConfig, Simulator
+
+    sim = Simulator(SimConfig(delay=0.02))
+    base_url = await sim.start(host="127.0.0.1", port=0)
+    key = "sk-demo-" + secrets.token_urlsafe(12)
+    accounts = [{"email": f"demo{i}@example.com", "password": SimConfig().password} for i in range(DEMO_ACCOUNTS)]
+    demo = load_config(
+        None,
+        env={},
+        overrides={
+            "keys": [key],
+            "accounts": accounts,
+            "server": {
+                "host": config.server.host,
+                "port": config.server.port,
+                "log_level": config.server.log_level,
+            },
+            "deepseek": {"base_url": base_url},
+            "pool": {"token_store": ""},
+        },
+    )
+    return demo, sim
+
+
+def print_demo_banner(config: Config, host: str, port: int) -> None:
+    key = config.keys[0]
+    url = f"http://{host}:{port}"
+    print(
+        f"""
+ds2a demo: the gateway is serving from its built-in DeepSeek simulator (offline, no real accounts).
+
+  base URL : {url}/v1
+  API key  : {key}
+
+Try it:
+  curl -N {url}/v1/chat/completions \\
+    -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\
+    -d '{{"model": "deepseek-reasoner", "stream": true, "messages": [{{"role": "user", "content": "Hello!"}}]}}'
+
+Press Ctrl-C to stop.
+""",
+        flush=True,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = build_config(args)
+    except ConfigError as exc:
+        print(f"ds2a: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(config.server.log_level)
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency; Windows lacks it
+        asyncio.run(run(config, demo=args.demo))
+    else:
+        uvloop.run(run(config, demo=args.demo))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

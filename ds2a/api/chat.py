@@ -1,0 +1,266 @@
+"""``POST /v1/chat/completions``: from an OpenAI request to a relayed DeepSeek answer.
+
+The request is authenticated and validated, flattened into one prompt, and handed
+to the pool, which starts the upstream answer (failing over between accounts
+until the first text arrives). Errors up to that point are plain JSON errors with
+the right status. Then either every event is relayed as one SSE chunk (stream) or
+the answer is collected into one ``chat.completion`` body.
+
+The relay loop in ``_relay`` is the gateway's hot path: per upstream event, one
+type check, one chunk built from a pre-built template, one write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from ds2a.api.auth import Authenticator, Caller
+from ds2a.api.citations import CitationRewriter
+from ds2a.api.encode import ChunkEncoder, completion_body, new_completion_id
+from ds2a.api.errors import ApiError, upstream_error
+from ds2a.api.models import ModelTable
+from ds2a.api.stops import StopMatcher
+from ds2a.api.usage import count_prompt_tokens
+from ds2a.api.validate import ChatRequest, parse_chat_request
+from ds2a.config import Config
+from ds2a.deepseek.errors import DeepSeekError
+from ds2a.deepseek.events import AnswerDelta, Citation, Finish, ReasoningDelta, StreamError, Usage
+from ds2a.deepseek.prompt import build_prompt
+from ds2a.pool import AccountPool
+from ds2a.pool.dispatch import UpstreamStream, open_stream
+from ds2a.server import Request, Responder
+
+log = logging.getLogger(__name__)
+
+# The upstream's end reasons in OpenAI's words; "incomplete" is only seen once the
+# automatic continuation rounds are used up, i.e. the answer was cut for length.
+FINISH_REASONS = {"stop": "stop", "content_filter": "content_filter", "incomplete": "length"}
+LARGE_PROMPT = 20_000  # characters; the exact tokenizer runs off the loop beyond this
+
+
+class Answer:
+    """What one request has received so far, and how it must be transformed."""
+
+    __slots__ = (
+        "request", "citations", "stops", "limit", "tokens", "reasoning_tokens",
+        "upstream_tokens", "finish_reason", "error", "reasoning", "content",
+    )
+
+    def __init__(self, request: ChatRequest, citation_mode: str) -> None:
+        self.request = request
+        self.citations = CitationRewriter(citation_mode) if request.spec.search else None
+        self.stops = StopMatcher(request.stop)
+        self.limit = request.max_tokens
+        self.tokens = 0  # text events relayed: one upstream frame carries about one token
+        self.reasoning_tokens = 0
+        self.upstream_tokens: int | None = None  # accumulated_token_usage, when the upstream says
+        self.finish_reason: str | None = None
+        self.error: DeepSeekError | None = None
+        self.reasoning: list[str] = []  # kept only when not streaming
+        self.content: list[str] = []
+
+    def answer_text(self, text: str) -> str:
+        """Citation markers rewritten, then stop sequences applied; what the client may see."""
+        if self.citations is not None:
+            text = self.citations.feed(text)
+        if self.stops.active and text:
+            text, hit = self.stops.feed(text)
+            if hit:
+                self.finish_reason = "stop"
+        return text
+
+    def flush_text(self) -> str:
+        tail = self.citations.flush() if self.citations is not None else ""
+        if self.stops.active and not self.stops.hit:
+            if tail:
+                tail, hit = self.stops.feed(tail)
+                if hit:
+                    return tail
+            tail += self.stops.flush()
+        return tail
+
+    def cite(self, event: Citation) -> None:
+        if self.citations is not None:
+            self.citations.cite(event.marker, event.index, event.url, event.title)
+
+    def annotations(self, content_length: int) -> list[dict[str, Any]] | None:
+        if self.citations is None:
+            return None
+        kept = [a for a in self.citations.annotations if a["url_citation"]["end_index"] <= content_length]
+        return kept or None
+
+    def completion_tokens(self) -> int:
+        if self.upstream_tokens is not None:
+            return max(self.upstream_tokens, self.reasoning_tokens)
+        return self.tokens
+
+    def at_limit(self) -> bool:
+        return self.limit is not None and self.tokens >= self.limit
+
+
+class ChatHandler:
+    def __init__(self, config: Config, pool: AccountPool, models: ModelTable, auth: Authenticator) -> None:
+        self.config = config
+        self.pool = pool
+        self.models = models
+        self.auth = auth
+
+    async def __call__(self, request: Request, responder: Responder) -> None:
+        caller = self.auth(request.headers)
+        chat = parse_chat_request(request.body, self.models)
+        prompt = build_prompt(chat.messages, self.config.api.prompt_template)
+        prompt_tokens = await self._count_prompt_tokens(prompt)
+        upstream = await self._open(caller, chat, prompt)
+        try:
+            answer = Answer(chat, self.config.api.citations)
+            if chat.stream:
+                await self._stream(responder, upstream, chat, answer, prompt_tokens)
+            else:
+                await self._collect(responder, upstream, chat, answer, prompt_tokens)
+        finally:
+            # Stops the upstream when the answer did not end (disconnect, limit, error).
+            upstream.close()
+
+    async def _open(self, caller: Caller, chat: ChatRequest, prompt: str) -> UpstreamStream:
+        try:
+            return await open_stream(
+                self.pool,
+                prompt=prompt,
+                thinking=chat.spec.thinking,
+                search=chat.spec.search,
+                direct_token=caller.direct_token,
+            )
+        except DeepSeekError as exc:
+            raise upstream_error(exc, direct=caller.direct_token is not None) from None
+
+    async def _count_prompt_tokens(self, prompt: str) -> int:
+        method = self.config.api.prompt_tokens
+        if method == "tokenizer" and len(prompt) > LARGE_PROMPT:
+            return await asyncio.to_thread(count_prompt_tokens, prompt, method)
+        return count_prompt_tokens(prompt, method)
+
+    # --- streaming ------------------------------------------------------------
+
+    async def _stream(
+        self, responder: Responder, upstream: UpstreamStream, chat: ChatRequest, answer: Answer, prompt_tokens: int
+    ) -> None:
+        enc = ChunkEncoder(new_completion_id(), int(time.time()), chat.model)
+        responder.start_stream(200)
+        responder.write(enc.role())
+        try:
+            await self._relay(responder, upstream, answer, enc)
+        except DeepSeekError as exc:  # the connection dropped or went silent mid-answer
+            answer.error = exc
+        except asyncio.CancelledError:
+            if responder.shutting_down and not responder.disconnected.is_set():
+                responder.write(ChunkEncoder.error("the gateway is shutting down", "server_error", "shutting_down"))
+                responder.end_stream()
+            raise
+        if answer.error is not None:
+            # A visible error, never a fake "stop": the SDKs raise on an error event.
+            err = upstream_error(answer.error)
+            responder.write(ChunkEncoder.error(err.message, err.type, err.code))
+            responder.end_stream()
+            log.info("answer on %s failed mid-stream: %s", upstream.account.label, answer.error.message)
+            return
+        tail = answer.flush_text()
+        if tail:
+            responder.write(enc.content(tail))
+        responder.write(enc.finish(answer.finish_reason or "stop", answer.annotations(1 << 62)))
+        if chat.include_usage:
+            responder.write(enc.usage(prompt_tokens, answer.completion_tokens(), answer.reasoning_tokens))
+        responder.write(ChunkEncoder.DONE)
+        responder.end_stream()
+
+    async def _relay(self, responder: Responder, upstream: UpstreamStream, answer: Answer, enc: ChunkEncoder) -> None:
+        """The hot path: one upstream event -> one chunk -> one write."""
+        write = responder.write
+        content = enc.content
+        reasoning = enc.reasoning
+        async for batch in upstream:
+            for event in batch:
+                kind = type(event)
+                if kind is AnswerDelta:
+                    answer.tokens += 1
+                    text = answer.answer_text(event.text)
+                    if text:
+                        write(content(text))
+                elif kind is ReasoningDelta:
+                    answer.tokens += 1
+                    answer.reasoning_tokens += 1
+                    write(reasoning(event.text))
+                else:
+                    self._on_event(event, answer)
+                if answer.finish_reason is not None or answer.error is not None:
+                    return
+                if answer.limit is not None and answer.at_limit():
+                    answer.finish_reason = "length"
+                    return
+            await responder.drain()  # returns at once unless the client reads slowly
+
+    @staticmethod
+    def _on_event(event: Any, answer: Answer) -> None:
+        kind = type(event)
+        if kind is Citation:
+            answer.cite(event)
+        elif kind is Usage:
+            answer.upstream_tokens = event.completion_tokens
+        elif kind is Finish:
+            answer.finish_reason = FINISH_REASONS[event.reason]
+        elif kind is StreamError:
+            answer.error = DeepSeekError(event.kind, event.message)
+
+    # --- one JSON body --------------------------------------------------------
+
+    async def _collect(
+        self, responder: Responder, upstream: UpstreamStream, chat: ChatRequest, answer: Answer, prompt_tokens: int
+    ) -> None:
+        replacement: str | None = None
+        try:
+            async for batch in upstream:
+                for event in batch:
+                    kind = type(event)
+                    if kind is AnswerDelta:
+                        answer.tokens += 1
+                        answer.content.append(answer.answer_text(event.text))
+                    elif kind is ReasoningDelta:
+                        answer.tokens += 1
+                        answer.reasoning_tokens += 1
+                        answer.reasoning.append(event.text)
+                    else:
+                        if kind is Finish and event.reason == "content_filter":
+                            replacement = event.replacement
+                        self._on_event(event, answer)
+                    if answer.finish_reason is not None or answer.error is not None:
+                        break
+                    if answer.at_limit():
+                        answer.finish_reason = "length"
+                        break
+                else:
+                    continue
+                break
+        except DeepSeekError as exc:
+            answer.error = exc
+        if answer.error is not None:
+            raise upstream_error(answer.error)
+        answer.content.append(answer.flush_text())
+        content = "".join(answer.content)
+        if answer.finish_reason == "content_filter":
+            # The upstream withdrew the answer and put its canned refusal in its place.
+            content = replacement or ""
+        body = completion_body(
+            new_completion_id(),
+            int(time.time()),
+            chat.model,
+            content=content,
+            reasoning="".join(answer.reasoning) if chat.spec.thinking else None,
+            finish_reason=answer.finish_reason or "stop",
+            prompt_tokens=prompt_tokens,
+            completion_tokens=answer.completion_tokens(),
+            reasoning_tokens=answer.reasoning_tokens,
+            annotations=answer.annotations(len(content)) if answer.finish_reason != "content_filter" else None,
+        )
+        responder.send(200, body)

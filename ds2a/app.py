@@ -1,0 +1,80 @@
+"""The gateway assembled: config -> DeepSeek client -> account pool -> API handlers -> HTTP server."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from ds2a.api.auth import Authenticator
+from ds2a.api.chat import ChatHandler
+from ds2a.api.models import ModelTable
+from ds2a.config import Config
+from ds2a.deepseek import pow as pow_
+from ds2a.deepseek.client import DeepSeekClient
+from ds2a.pool import AccountPool
+from ds2a.server import HTTPServer, Request, Responder, Router
+
+log = logging.getLogger(__name__)
+
+
+class Gateway:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.client = DeepSeekClient(config.deepseek)
+        self.pool = AccountPool(config, self.client)
+        self.models = ModelTable.from_config(config.api, config.deepseek)
+        self.auth = Authenticator(config.keys, allow_direct_tokens=config.api.allow_direct_tokens)
+        self.chat = ChatHandler(config, self.pool, self.models, self.auth)
+        self.router = self._routes()
+        self.server = HTTPServer(self.router, config.server)
+
+    def _routes(self) -> Router:
+        router = Router()
+        for prefix in ("/v1", ""):  # some clients are configured without the /v1 suffix
+            router.add("POST", f"{prefix}/chat/completions", self.chat)
+            router.add("GET", f"{prefix}/models", self.list_models)
+            router.add("GET", f"{prefix}/models/{{model}}", self.get_model)
+        router.add("GET", "/healthz", self.healthz)
+        router.add("GET", "/admin/accounts", self.accounts)
+        router.add("GET", "/", self.index)
+        return router
+
+    async def start(self) -> tuple[str, int]:
+        if not pow_.NATIVE:
+            log.warning("proof of work runs in pure Python: every answer waits 15-30 s for it")
+        if not self.config.keys and not self.config.api.allow_direct_tokens:
+            log.warning("no keys configured and direct tokens are off: every request will get 401")
+        await self.client.start()
+        await self.pool.start()
+        return await self.server.start()
+
+    async def stop(self) -> None:
+        await self.server.shutdown(self.config.server.shutdown_grace)
+        await self.pool.close()
+        await self.client.close()
+
+    # --- small endpoints ------------------------------------------------------
+
+    async def list_models(self, request: Request, responder: Responder) -> None:
+        self.auth(request.headers)
+        responder.send(200, json.dumps(self.models.list_body()).encode())
+
+    async def get_model(self, request: Request, responder: Responder) -> None:
+        self.auth(request.headers)
+        responder.send(200, json.dumps(self.models.model_body(request.params["model"])).encode())
+
+    async def healthz(self, request: Request, responder: Responder) -> None:
+        responder.send(200, b'{"status":"ok"}')
+
+    async def accounts(self, request: Request, responder: Responder) -> None:
+        """Account health for operators; needs a gateway key (never a direct token)."""
+        self.auth(request.headers, key_required=True)
+        responder.send(200, json.dumps(self.pool.snapshot(), ensure_ascii=False).encode())
+
+    async def index(self, request: Request, responder: Responder) -> None:
+        body = {
+            "name": "ds2a",
+            "about": "OpenAI-compatible gateway to the DeepSeek web chat, for personal use",
+            "endpoints": ["/v1/models", "/v1/chat/completions", "/healthz", "/admin/accounts"],
+        }
+        responder.send(200, json.dumps(body).encode())

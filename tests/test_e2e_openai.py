@@ -14,8 +14,8 @@ import openai
 import pytest
 
 from ds2a.sim import expected
-from tests.harness import KEY, Stack, http, sse_events
-from tests.openai_schema import validate
+from harness import KEY, Stack, http, sse_events
+from openai_schema import validate
 
 MODELS = {
     "deepseek-chat": (False, False),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from ds2a.config import load_config
-from tests.conftest import ROOT
+from conftest import ROOT
 
 
 def readme_commands() -> list[str]:

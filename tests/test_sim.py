@@ -24,7 +24,7 @@ import pytest
 from ds2a.deepseek import pow as dspow
 from ds2a.sim import SimConfig, Simulator, expected
 from ds2a.sim.text import VOCAB, answer_prefix
-from tests.conftest import ROOT, capture
+from conftest import ROOT, capture
 
 COMPLETION = "/api/v0/chat/completion"
 EMAIL = "user@example.com"

@@ -8,6 +8,7 @@ test_pool_sim.py.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import secrets
@@ -352,6 +353,114 @@ async def test_min_gap_spaces_generations_on_one_account(tmp_path: Path) -> None
     await asyncio.sleep(0.01)
     assert not nxt.done()  # free, but too soon after the last start
     (await nxt).release()
+
+
+async def test_lease_handed_over_as_the_wait_expires_goes_back(tmp_path: Path) -> None:
+    pool, _ = await started_pool(make_config(tmp_path, n=1))
+    held = await pool.acquire()
+    waiter = asyncio.create_task(pool.acquire(timeout=0.05))
+    await asyncio.sleep(0.01)
+    assert len(pool.group.waiters) == 1
+    time.sleep(0.06)  # the wait's deadline passes while the loop is blocked...
+    # ...so in the next turn the release runs first (handing the lease over), then the timeout.
+    asyncio.get_running_loop().call_soon(held.release)
+    with pytest.raises(ApiError) as info:
+        await waiter
+    assert info.value.status == 429
+    assert pool.accounts[0].inflight == 0 and not pool.leases
+
+
+async def test_wrong_password_found_by_the_preparation_is_not_tried_again_by_the_request(tmp_path: Path) -> None:
+    class SlowLogin(FakeClient):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gate = asyncio.Event()
+
+        async def login(self, **kwargs: Any) -> str:
+            await self.gate.wait()
+            return await super().login(**kwargs)
+
+    client = SlowLogin()
+    client.wrong_passwords.add("user0@example.com")
+    pool, _ = await started_pool(make_config(tmp_path, n=1, prepare=True), client)
+    lease = await pool.acquire()  # while the background login is still out
+    ticket = asyncio.create_task(lease.ticket())
+    await asyncio.sleep(0.01)
+    client.gate.set()
+    with pytest.raises(DeepSeekError) as info:
+        await ticket
+    assert info.value.kind is ErrorKind.LOGIN_FAILED
+    lease.release()
+    assert client.logins == ["user0@example.com"]
+    assert pool.accounts[0].health is Health.LOGIN_FAILED
+    await pool.close()
+
+
+async def test_first_token_dying_logs_in_again_once(tmp_path: Path) -> None:
+    pool, client = await started_pool(make_config(tmp_path, n=1, cooldown=60))
+    account = pool.accounts[0]
+    lease = await pool.acquire()
+    await lease.ticket()  # the first login
+    lease.release()
+    client.valid_tokens.clear()  # that token dies, long before it could be called "fresh"
+    lease = await pool.acquire()
+    await lease.ticket()  # replaced by logging in again
+    lease.release()
+    assert client.logins == ["user0@example.com"] * 2 and account.health is Health.READY
+    client.valid_tokens.clear()  # the replacement dies at once: rest, no third login
+    lease = await pool.acquire()
+    with pytest.raises(DeepSeekError) as info:
+        await lease.ticket()
+    lease.report(info.value)
+    lease.release()
+    assert client.logins == ["user0@example.com"] * 2
+    assert account.health is Health.COOLING
+
+
+async def test_auth_error_about_an_already_replaced_token_changes_nothing(tmp_path: Path) -> None:
+    pool, _ = await started_pool(make_config(tmp_path, n=1))
+    account = pool.accounts[0]
+    lease = await pool.acquire()
+    await lease.ticket()
+    used = lease.token
+    account.token = "replaced-meanwhile"  # a preparation beside this answer logged in again
+    account.relogged_at = time.monotonic()
+    lease.report(DeepSeekError(ErrorKind.AUTH, "Authorization Failed (invalid token)"), token=used)
+    assert account.health is Health.READY and account.token == "replaced-meanwhile"
+    lease.report(DeepSeekError(ErrorKind.AUTH, "Authorization Failed (invalid token)"), token=account.token)
+    assert account.health is Health.COOLING, "the same error about the current token does count"
+    lease.release()
+
+
+async def test_challenge_due_on_arrival_is_not_fetched_again_in_a_loop(tmp_path: Path) -> None:
+    client = FakeClient()
+    client.expire_in_ms = 500  # shorter than the 1 s margin: every ticket is born due
+    pool, _ = await started_pool(make_config(tmp_path, n=1, prepare=True, refresh_margin=1.0), client)
+    await asyncio.sleep(0.2)
+    assert client.challenges <= 1
+    lease = await pool.acquire()
+    ticket = await lease.ticket()  # made on the request's time instead, on the kept session
+    assert ticket.session_id == client.sessions[0]
+    lease.release()
+    await pool.close()
+
+
+async def test_failed_background_preparation_is_not_left_unretrieved(tmp_path: Path) -> None:
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+    try:
+        client = FakeClient()
+        client.fail_session = DeepSeekError(ErrorKind.UNAVAILABLE, "connection refused")
+        pool, _ = await started_pool(make_config(tmp_path, n=1, prepare=True), client)
+        await asyncio.wait_for(_until(lambda: not pool.tasks), 5)
+        assert pool.accounts[0].health is Health.COOLING
+        gc.collect()
+        await asyncio.sleep(0)
+        assert not reported, reported
+        await pool.close()
+    finally:
+        loop.set_exception_handler(None)
 
 
 async def _until(predicate: Any) -> None:

@@ -56,7 +56,8 @@ class Account:
         self.inflight = 0
         self.last_started = 0.0  # monotonic; for min_gap
         self.last_released = 0.0  # monotonic; least recently used goes first
-        self.relogged_at = -1e9  # monotonic; "log in again once, then cool down"
+        self.relogged_at = -1e9  # monotonic, of the last login that replaced a dead token
+        self.replacing_token = False  # the token died; the next login replaces it
         self.ticket: Ticket | None = None
         self.preparing: asyncio.Task[Ticket] | None = None
         self.refresh_timer: asyncio.TimerHandle | None = None
@@ -143,7 +144,12 @@ class Account:
                 # A fresh token died at once: logging in again in a loop would not help.
                 self.cool(cooldown, f"token invalid right after logging in again: {error.message}")
             else:
-                self.token = None  # the next use logs in again
+                self.drop_token()
+
+    def drop_token(self) -> None:
+        """The token is dead: the next use logs in again, once."""
+        self.token = None
+        self.replacing_token = True
 
     def status(self, now: float, max_inflight: int) -> str:
         self.usable(now)

@@ -15,8 +15,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Coroutine
+from typing import TYPE_CHECKING, Any
 
 from ds2a.api.errors import ApiError
 from ds2a.deepseek.client import Completion
@@ -26,12 +26,12 @@ from ds2a.deepseek.stream import StreamParser
 
 if TYPE_CHECKING:
     from ds2a.pool.account import Account
-    from ds2a.pool.pool import AccountPool, Lease
+    from ds2a.pool.pool import AccountPool, Group, Lease
 
 log = logging.getLogger(__name__)
 
 DRAIN_TIMEOUT = 5.0  # reading the tail (finish/update_session/close) of an ended answer
-STOP_TIMEOUT = 10.0  # waiting for a message id before stopping a generation
+STOP_TIMEOUT = 10.0  # waiting for a response head and a message id before stopping a generation
 _TEXT = (ReasoningDelta, AnswerDelta)
 
 
@@ -43,13 +43,16 @@ class UpstreamStream:
         self.client = pool.client
         self.lease = lease
         self.session_id: str | None = None
+        self.token: str | None = None  # the one the generation runs on, to tell stale errors apart
         self.completion: Completion | None = None
+        self.opening: asyncio.Future[Completion] | None = None  # a generation request still in flight
         self.parser = StreamParser()
         self.pending: list[Event] = []
         self.terminal: Event | None = None
         self.done = False
         self.closed = False
         self.rounds_left = pool.pcfg.continue_rounds
+        self.continue_pending = False  # an INCOMPLETE end was swallowed; continue on the next read
 
     @property
     def account(self) -> Account:
@@ -59,13 +62,16 @@ class UpstreamStream:
         """Open the completion and read until the first text (or end): nothing is sent yet."""
         ticket = await self.lease.ticket()
         self.session_id = ticket.session_id
-        self.completion = await self.client.completion(
-            self.lease.token,
-            session_id=ticket.session_id,
-            pow_response=ticket.pow_response,
-            prompt=prompt,
-            thinking=thinking,
-            search=search,
+        self.token = self.lease.token
+        await self._open(
+            self.client.completion(
+                self.token,
+                session_id=ticket.session_id,
+                pow_response=ticket.pow_response,
+                prompt=prompt,
+                thinking=thinking,
+                search=search,
+            )
         )
         while not self.done:
             events = await self.next_batch()
@@ -90,36 +96,58 @@ class UpstreamStream:
                 yield events
 
     async def next_batch(self) -> list[Event]:
+        if self.continue_pending:
+            self.continue_pending = False
+            await self._continue()
         assert self.completion is not None
         data = await self.completion.read()
         events = self.parser.feed(data) if data else self.parser.close()
         if self.parser.finished:
-            events = await self._on_terminal(events)
+            events = self._on_terminal(events)
         return events
 
-    async def _on_terminal(self, events: list[Event]) -> list[Event]:
+    def _on_terminal(self, events: list[Event]) -> list[Event]:
         terminal = next((e for e in reversed(events) if type(e) in (Finish, StreamError)), None)
         if type(terminal) is Finish and terminal.reason == "incomplete" and self.rounds_left > 0:
-            # Swallow this end and carry on where the upstream stopped (protocol doc §8).
+            # Swallow this end and carry on where the upstream stopped (protocol doc §8), on
+            # the next read: the text of this batch goes to the client before that request.
             self.rounds_left -= 1
-            await self._continue()
+            self.continue_pending = True
             return [e for e in events if e is not terminal]
         self.terminal = terminal
         self.done = True
         return events
 
+    async def _open(self, request: Coroutine[Any, Any, Completion]) -> None:
+        """Send a generation request. Should the caller go away meanwhile, the request is not
+        abandoned: cleanup waits for its response head to learn the message id and stops the
+        generation, which a dropped connection alone does not end upstream."""
+        opening = asyncio.ensure_future(request)
+        self.opening = opening
+        try:
+            self.completion = await asyncio.shield(opening)
+        finally:
+            if opening.done():
+                self.opening = None
+                if not opening.cancelled() and opening.exception() is None:
+                    self.completion = opening.result()  # also when cancelled in the same turn
+
     async def _continue(self) -> None:
-        old = self.completion
         message_id = self.parser.response_message_id
-        if old is not None:
-            self.pool.spawn(_drain(old))
         if message_id is None or self.session_id is None:
             raise DeepSeekError(ErrorKind.PROTOCOL, "cannot continue an answer without its message id")
+        if self.completion is not None:
+            # The account is generating until the cut stream has ended, not at its INCOMPLETE
+            # status: continuing during its tail would be a second generation at once (§13).
+            await _drain(self.completion)
+            self.completion = None
         log.info("continuing an incomplete answer on %s (%d rounds left)", self.account.label, self.rounds_left)
-        self.completion = await self.client.continue_stream(
-            self.lease.token, session_id=self.session_id, message_id=message_id
-        )
+        # The resumed parser is in place before the request goes out, so a cleanup meanwhile
+        # sees an unfinished message with a known id and stops it.
         self.parser = StreamParser(resume_from=self.parser)
+        await self._open(
+            self.client.continue_stream(self.lease.token, session_id=self.session_id, message_id=message_id)
+        )
 
     def close(self, *, stop: bool | None = None) -> None:
         """End this answer; cleanup and the lease release happen in the background, once."""
@@ -130,12 +158,10 @@ class UpstreamStream:
 
     async def _cleanup(self, *, stop: bool) -> None:
         try:
-            completion = self.completion
-            if completion is not None:
-                if stop:
-                    await self._stop_generation(completion)
-                else:
-                    await _drain(completion)
+            if stop:
+                await self._stop_generation()
+            elif self.completion is not None:
+                await _drain(self.completion)
             if self.session_id and self.pool.config.deepseek.delete_sessions:
                 try:
                     await self.client.delete_session(self.lease.token, self.session_id)
@@ -146,20 +172,25 @@ class UpstreamStream:
         finally:
             self.lease.release()
 
-    async def _stop_generation(self, completion: Completion) -> None:
+    async def _stop_generation(self) -> None:
         """Make sure the upstream is no longer generating before the account is reused."""
-        if self.parser.response_message_id is None and not self.parser.finished:
-            # No message id yet: read on until `ready` names it, or the stream ends.
-            try:
-                async with asyncio.timeout(STOP_TIMEOUT):
-                    while self.parser.response_message_id is None and not self.parser.finished:
-                        data = await completion.read()
-                        if not data:
-                            break
-                        self.parser.feed(data)
-            except (DeepSeekError, TimeoutError):
-                pass
-        completion.close()
+        try:
+            async with asyncio.timeout(STOP_TIMEOUT):
+                if self.opening is not None:
+                    # The request is out (the caller left before its response head came back).
+                    self.completion = await self.opening
+                # No message id yet: read on until `ready` names it, or the stream ends.
+                parser = self.parser
+                while self.completion is not None and parser.response_message_id is None and not parser.finished:
+                    data = await self.completion.read()
+                    if not data:
+                        break
+                    parser.feed(data)
+        except (DeepSeekError, TimeoutError):
+            pass  # no stream (refused, unreachable, too slow): nothing more to learn from it
+        self.opening = None
+        if self.completion is not None:
+            self.completion.close()
         message_id = self.parser.response_message_id
         if message_id is not None and self.session_id and not self.parser.finished:
             try:
@@ -186,6 +217,7 @@ async def open_stream(
     cfg = pool.pcfg
     tried: list[Account] = []
     last_error: DeepSeekError | None = None
+    group: Group | None = None
     deadline: float | None = None
     for _attempt in range(cfg.max_attempts):
         timeout = None
@@ -206,16 +238,27 @@ async def open_stream(
             await stream.start(prompt=prompt, thinking=thinking, search=search)
             return stream
         except DeepSeekError as exc:
-            lease.report(exc)
+            lease.report(exc, token=stream.token)
             stream.close(stop=True)
             last_error = exc
+            group = lease.group
             log.info("attempt on %s failed (%s): %s", lease.account.label, exc.kind.value, exc.message)
-            if not exc.retryable or lease.direct:
+            if not exc.retryable:
+                raise
+            if lease.direct:
+                _with_retry_hint(exc, pool, group)
                 raise
             if exc.kind is not ErrorKind.INVALID_SESSION:
                 tried.append(lease.account)  # a dead session is no reason to avoid the account
         except BaseException:
             stream.close(stop=True)
             raise
-    assert last_error is not None
-    raise last_error
+    assert last_error is not None and group is not None
+    raise _with_retry_hint(last_error, pool, group)
+
+
+def _with_retry_hint(error: DeepSeekError, pool: AccountPool, group: Group) -> DeepSeekError:
+    """The failed attempts rested their accounts: the pool, not the last error alone, knows
+    when one is usable again (e.g. pool.cooldown after a rate limit), so Retry-After says that."""
+    error.retry_after = pool.retry_after(group)
+    return error

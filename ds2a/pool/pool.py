@@ -88,8 +88,8 @@ class Lease:
         self.ticket_taken = True
         return await self.pool.take_ticket(self.account)
 
-    def report(self, error: DeepSeekError) -> None:
-        self.pool.report(self.account, error)
+    def report(self, error: DeepSeekError, *, token: str | None = None) -> None:
+        self.pool.report(self.account, error, token=token)
 
     def release(self) -> None:
         if self.released:
@@ -156,8 +156,16 @@ class AccountPool:
         """Run background work the pool must wait for on shutdown."""
         task = asyncio.get_running_loop().create_task(coro)
         self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(self._forget)
         return task
+
+    def _forget(self, task: asyncio.Task[Any]) -> None:
+        self.tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()  # retrieved here, so asyncio does not report it again at GC
+        if exc is not None and not isinstance(exc, DeepSeekError):  # upstream errors are reported where they occur
+            log.error("background task %s failed", task.get_coro().__name__, exc_info=exc)
 
     # --- leasing --------------------------------------------------------------
 
@@ -188,12 +196,14 @@ class AccountPool:
         try:
             async with asyncio.timeout(timeout):
                 return await waiter.future
-        except TimeoutError:
-            raise self._too_busy(group, f"no DeepSeek account became free within {timeout:g} s") from None
-        except asyncio.CancelledError:
-            # The caller went away; a lease handed over at the same moment goes back at once.
-            if waiter.future.done() and not waiter.future.cancelled() and waiter.future.exception() is None:
-                waiter.future.result().release()
+        except BaseException as exc:
+            # The caller went away or the wait expired, possibly in the very turn a lease was
+            # handed over (the result is set, then the cancellation lands): give it back.
+            future = waiter.future
+            if future.done() and not future.cancelled() and future.exception() is None:
+                future.result().release()
+            if isinstance(exc, TimeoutError):
+                raise self._too_busy(group, f"no DeepSeek account became free within {timeout:g} s") from None
             raise
         finally:
             try:
@@ -345,7 +355,13 @@ class AccountPool:
 
     # --- health ---------------------------------------------------------------
 
-    def report(self, account: Account, error: DeepSeekError) -> None:
+    def report(self, account: Account, error: DeepSeekError, *, token: str | None = None) -> None:
+        """Update health after ``error``; ``token``: the token the failed call used, if known."""
+        if error.kind is ErrorKind.AUTH and token is not None and token != account.token:
+            # A concurrent preparation already dropped or replaced that token (and logged in
+            # again): blaming the fresh token would cool a healthy account.
+            account.errors += 1
+            return
         before = account.health
         account.report(error, cooldown=self.pcfg.cooldown)
         if error.kind in (ErrorKind.AUTH, ErrorKind.INVALID_SESSION, ErrorKind.POW):
@@ -396,6 +412,17 @@ class AccountPool:
             raise
         finally:
             account.preparing = None
+        if not ticket.usable(time.monotonic()):
+            # The challenge is due as it arrives (it lives shorter than refresh_margin, or the
+            # clocks disagree): keeping one ready would fetch and solve challenges in a loop.
+            # Keep the session; a request then solves its own challenge.
+            log.warning(
+                "challenges for %s expire within pool.refresh_margin (%g s); not keeping one ready",
+                account.label,
+                self.pcfg.refresh_margin,
+            )
+            self.spare_sessions[account] = (ticket.session_id, ticket.created_at)
+            return ticket
         account.ticket = ticket
         self._arm_refresh(account, ticket)
         return ticket
@@ -427,7 +454,11 @@ class AccountPool:
                     # Shielded: if this request is cancelled the ticket is still useful later.
                     ticket = await asyncio.shield(account.preparing)
                 except DeepSeekError:
-                    pass  # already reported; one more try on the request's own time
+                    if not account.usable(time.monotonic()):
+                        # Reported already, and it disabled or rested the account (a wrong
+                        # password must not be tried twice): fail over instead.
+                        raise
+                    # Still usable (e.g. a dead token to replace): one more try on the request's time.
             if ticket is None or not ticket.usable(time.monotonic()):
                 ticket = await self.prepare(account)
         if account.ticket is ticket:
@@ -447,7 +478,7 @@ class AccountPool:
                 return await self._make_ticket(account, token)
             except DeepSeekError as exc:
                 if attempt == 1 and exc.kind is ErrorKind.AUTH and self._may_log_in_again(account):
-                    account.token = None
+                    account.drop_token()
                     self.spawn(self.store.drop(account.key))
                     continue
                 raise
@@ -493,7 +524,11 @@ class AccountPool:
                 email=cfg.email, mobile=cfg.mobile, area_code=cfg.area_code, password=cfg.password or ""
             )
             account.token = token
-            account.relogged_at = time.monotonic()
+            if account.replacing_token:
+                # Only a login that replaced a dead token counts: if this one dies at once too,
+                # the account rests instead of logging in again in a loop.
+                account.relogged_at = time.monotonic()
+                account.replacing_token = False
             log.info("logged in account %s", account.label)
             await self.store.put(account.key, token)
             return token

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import secrets
@@ -88,7 +89,12 @@ async def run(config: Config, *, demo: bool) -> None:
 
 
 async def start_demo_upstream(config: Config) -> tuple[Config, Any]:
-    """Start the simulator in-process and point a demo config at it."""
+    """Start the simulator in-process and point a demo config at it.
+
+    Every setting from the config file, ``DS2A_*`` and the flags still applies (the
+    shutdown grace, timeouts, limits, CORS...); only the keys, the accounts, the
+    upstream and the token store are the demo's own, so no real account is touched.
+    """
     from ds2a.sim import SimConfig, Simulator
 
     sim = Simulator(SimConfig(delay=0.02))
@@ -101,13 +107,10 @@ async def start_demo_upstream(config: Config) -> tuple[Config, Any]:
         overrides={
             "keys": [key],
             "accounts": accounts,
-            "server": {
-                "host": config.server.host,
-                "port": config.server.port,
-                "log_level": config.server.log_level,
-            },
-            "deepseek": {"base_url": base_url},
-            "pool": {"token_store": ""},
+            "server": dataclasses.asdict(config.server),
+            "deepseek": {**dataclasses.asdict(config.deepseek), "base_url": base_url},
+            "pool": {**dataclasses.asdict(config.pool), "token_store": ""},
+            "api": dataclasses.asdict(config.api),
         },
     )
     return demo, sim

@@ -46,7 +46,7 @@ class Answer:
 
     __slots__ = (
         "request", "citations", "stops", "limit", "tokens", "reasoning_tokens",
-        "upstream_tokens", "finish_reason", "error", "reasoning", "content",
+        "upstream_tokens", "finish_reason", "error", "reasoning", "content", "delivered",
     )
 
     def __init__(self, request: ChatRequest, citation_mode: str) -> None:
@@ -61,6 +61,7 @@ class Answer:
         self.error: DeepSeekError | None = None
         self.reasoning: list[str] = []  # kept only when not streaming
         self.content: list[str] = []
+        self.delivered = 0  # answer characters let through the stop matcher (kept only with stops)
 
     def answer_text(self, text: str) -> str:
         """Citation markers rewritten, then stop sequences applied; what the client may see."""
@@ -68,13 +69,17 @@ class Answer:
             text = self.citations.feed(text)
         if self.stops.active and text:
             text, hit = self.stops.feed(text)
+            self.delivered += len(text)
             if hit:
                 self.finish_reason = "stop"
         return text
 
     def flush_text(self) -> str:
+        if self.stops.hit:
+            # Nothing after a stop sequence, not even a citation the rewriter still held back.
+            return ""
         tail = self.citations.flush() if self.citations is not None else ""
-        if self.stops.active and not self.stops.hit:
+        if self.stops.active:
             if tail:
                 tail, hit = self.stops.feed(tail)
                 if hit:
@@ -159,6 +164,12 @@ class ChatHandler:
                 responder.write(ChunkEncoder.error("the gateway is shutting down", "server_error", "shutting_down"))
                 responder.end_stream()
             raise
+        except Exception:
+            # A bug of ours mid-answer: still a visible error for the client, not a silent cut.
+            log.exception("relaying an answer failed")
+            responder.write(ChunkEncoder.error("internal error while relaying the answer", "server_error", "internal_error"))
+            responder.end_stream()
+            return
         if answer.error is not None:
             # A visible error, never a fake "stop": the SDKs raise on an error event.
             err = upstream_error(answer.error)
@@ -169,7 +180,9 @@ class ChatHandler:
         tail = answer.flush_text()
         if tail:
             responder.write(enc.content(tail))
-        responder.write(enc.finish(answer.finish_reason or "stop", answer.annotations(1 << 62)))
+        # A stop sequence may have cut citations already rendered: only those the client got.
+        sent = answer.delivered + len(tail) if answer.stops.active else 1 << 62
+        responder.write(enc.finish(answer.finish_reason or "stop", answer.annotations(sent)))
         if chat.include_usage:
             responder.write(enc.usage(prompt_tokens, answer.completion_tokens(), answer.reasoning_tokens))
         responder.write(ChunkEncoder.DONE)

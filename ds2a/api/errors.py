@@ -105,4 +105,5 @@ def upstream_error(exc: DeepSeekError, *, direct: bool = False) -> ApiError:
         if wait is None:
             wait = 5.0 if exc.kind is ErrorKind.BUSY else 30.0
         headers.append(("Retry-After", str(max(1, math.ceil(wait)))))
-    return ApiError(status, f"DeepSeek: {exc.message}", type=type_, code=code, headers=headers)
+    param = "messages" if exc.kind is ErrorKind.INPUT_TOO_LONG else None
+    return ApiError(status, f"DeepSeek: {exc.message}", type=type_, param=param, code=code, headers=headers)

@@ -307,12 +307,20 @@ class AccountPool:
             raise ApiError(503, f"every DeepSeek account is disabled ({reasons})", code="accounts_disabled")
         soonest = min(live)
         if soonest > now + timeout:
-            wait = soonest - now
+            wait = str(math.ceil(soonest - now))
+            if all(a.health is Health.MUTED for a in candidates if a.recovers_at() is not None):
+                # Restricted for hours by DeepSeek: the service is unavailable, not merely busy.
+                raise ApiError(
+                    503,
+                    f"every DeepSeek account is muted by DeepSeek; the first is back in {wait} s",
+                    code="accounts_muted",
+                    headers=[("Retry-After", wait)],
+                )
             raise ApiError(
                 429,
-                f"every DeepSeek account is resting (rate limited or muted); try again in {math.ceil(wait)} s",
+                f"every DeepSeek account is resting (rate limited); try again in {wait} s",
                 code="accounts_resting",
-                headers=[("Retry-After", str(math.ceil(wait)))],
+                headers=[("Retry-After", wait)],
             )
 
     def _too_busy(self, group: Group, message: str) -> ApiError:

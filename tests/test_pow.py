@@ -376,3 +376,32 @@ async def test_solve_async_keeps_event_loop_running() -> None:
     finally:
         task.cancel()
     assert ticks >= 20
+
+
+
+def test_background_scans_run_in_one_low_priority_thread() -> None:
+    """Tickets prepared ahead must not crowd out the event loop: one thread, nice 19 on Linux."""
+    import os
+    import sys
+
+    challenge = pow_mod.Challenge.from_json(LITERAL_CHALLENGE)
+    seen: list[tuple[str, int]] = []
+    original = pow_mod.solve
+
+    def spy(ch: pow_mod.Challenge) -> int:
+        seen.append((threading.current_thread().name, os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+        return original(ch)
+
+    async def main() -> list[int]:
+        return list(await asyncio.gather(*(pow_mod.solve_async(challenge, background=True) for _ in range(3))))
+
+    pow_mod.solve = spy  # type: ignore[assignment]
+    try:
+        answers = asyncio.run(main())
+    finally:
+        pow_mod.solve = original  # type: ignore[assignment]
+    assert answers == [LITERAL_ANSWER] * 3
+    assert {name.rsplit("_", 1)[0] for name, _ in seen} == {"ds2a-pow"}
+    assert len({name for name, _ in seen}) == 1  # one thread: scans queue up, never pile up
+    if sys.platform == "linux":
+        assert {nice for _, nice in seen} == {19}

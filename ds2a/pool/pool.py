@@ -411,7 +411,7 @@ class AccountPool:
 
     async def _prepare_in_background(self, account: Account) -> Ticket:
         try:
-            ticket = await self.prepare(account)
+            ticket = await self.prepare(account, background=True)
         except DeepSeekError as exc:
             self.report(account, exc)
             log.info("preparing account %s failed: %s", account.label, exc.message)
@@ -453,7 +453,7 @@ class AccountPool:
         self.schedule_prepare(account)
 
     async def take_ticket(self, account: Account) -> Ticket:
-        """Consume the prepared ticket (or wait for / make one); start preparing the next."""
+        """Consume the prepared ticket, or wait for / make one."""
         ticket = account.ticket
         if ticket is None or not ticket.usable(time.monotonic()):
             ticket = None
@@ -474,16 +474,20 @@ class AccountPool:
             if account.refresh_timer:
                 account.refresh_timer.cancel()
                 account.refresh_timer = None
-        # Prepare the next one now, so it is ready when this generation ends.
-        self.schedule_prepare(account)
+        # The next ticket is prepared once this generation has ended (generation_ended),
+        # not now: preparing while answers start would compete with their first tokens.
         return ticket
 
-    async def prepare(self, account: Account) -> Ticket:
+    def generation_ended(self, account: Account) -> None:
+        """The account is idle upstream (its cleanup may still run): get the next ticket ready."""
+        self.schedule_prepare(account)
+
+    async def prepare(self, account: Account, *, background: bool = False) -> Ticket:
         """Log in if needed, create a session, get a challenge and solve it off the loop."""
         for attempt in (1, 2):
             token = await self.ensure_token(account)
             try:
-                return await self._make_ticket(account, token)
+                return await self._make_ticket(account, token, background=background)
             except DeepSeekError as exc:
                 if attempt == 1 and exc.kind is ErrorKind.AUTH and self._may_log_in_again(account):
                     account.drop_token()
@@ -500,7 +504,7 @@ class AccountPool:
             and time.monotonic() - account.relogged_at >= self.pcfg.cooldown
         )
 
-    async def _make_ticket(self, account: Account, token: str) -> Ticket:
+    async def _make_ticket(self, account: Account, token: str, *, background: bool) -> Ticket:
         spare = self.spare_sessions.pop(account, None)
         if spare is not None:
             session_id, created = spare
@@ -509,7 +513,7 @@ class AccountPool:
             session_id = await self.client.create_session(token)
         challenge = await self.client.create_pow_challenge(token, pow_.COMPLETION_PATH)
         try:
-            answer = await pow_.solve_async(challenge)
+            answer = await pow_.solve_async(challenge, background=background)
         except pow_.PowError as exc:
             raise DeepSeekError(ErrorKind.POW, str(exc)) from exc
         header = pow_.pow_header(challenge, answer)

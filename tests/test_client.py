@@ -799,3 +799,31 @@ async def test_secrets_stay_out_of_errors_and_logs(stub: Stub, caplog: pytest.Lo
         assert TOKEN not in text and PASSWORD not in text, text
     assert caplog.records, "the client should log its failures"
     assert TOKEN not in caplog.text and PASSWORD not in caplog.text
+
+
+def test_resume_guard_forwards_only_when_paused_and_never_stacks() -> None:
+    from ds2a.deepseek.client import _resume_only_when_paused
+
+    class FakeProtocol:  # aiohttp's ResponseHandler attributes the guard relies on
+        def __init__(self) -> None:
+            self._reading_paused = False
+            self._buffer_paused = False
+            self.resumed: list[bool] = []
+
+        def resume_reading(self, resume_parser: bool = True) -> None:
+            self.resumed.append(resume_parser)
+            self._reading_paused = False
+
+    protocol = FakeProtocol()
+    _resume_only_when_paused(protocol)
+    guarded = protocol.resume_reading
+    _resume_only_when_paused(protocol)  # a kept-alive connection's next stream
+    assert protocol.resume_reading is guarded
+    protocol.resume_reading()
+    assert protocol.resumed == []  # not paused: nothing to do, no parser re-entry
+    protocol._reading_paused = True
+    protocol.resume_reading()
+    assert protocol.resumed == [True] and protocol._reading_paused is False
+    protocol._buffer_paused = True
+    protocol.resume_reading(False)
+    assert protocol.resumed == [True, False]

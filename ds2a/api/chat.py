@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 # automatic continuation rounds are used up, i.e. the answer was cut for length.
 FINISH_REASONS = {"stop": "stop", "content_filter": "content_filter", "incomplete": "length"}
 LARGE_PROMPT = 20_000  # characters; the exact tokenizer runs off the loop beyond this
+COALESCE_MAX = 32  # chunks joined into one write at most (~6 KB), so no write grows unbounded
 
 
 class Answer:
@@ -189,30 +190,49 @@ class ChatHandler:
         responder.end_stream()
 
     async def _relay(self, responder: Responder, upstream: UpstreamStream, answer: Answer, enc: ChunkEncoder) -> None:
-        """The hot path: one upstream event -> one chunk -> one write."""
+        """The hot path: one upstream event -> one chunk; one write per upstream read.
+
+        Events that arrived in the same network read leave together in one write: they
+        were available at the same instant, so joining them delays nothing and saves a
+        syscall each (a paced token is alone in its read: one event, one write).
+        """
         write = responder.write
         content = enc.content
         reasoning = enc.reasoning
-        async for batch in upstream:
+        read_events = upstream.read_events
+        while batch := await read_events():
+            chunks: list[bytes] = []
+            emit = chunks.append
+            ended = False
             for event in batch:
                 kind = type(event)
                 if kind is AnswerDelta:
                     answer.tokens += 1
                     text = answer.answer_text(event.text)
                     if text:
-                        write(content(text))
+                        emit(content(text))
                 elif kind is ReasoningDelta:
                     answer.tokens += 1
                     answer.reasoning_tokens += 1
-                    write(reasoning(event.text))
+                    emit(reasoning(event.text))
                 else:
                     self._on_event(event, answer)
                 if answer.finish_reason is not None or answer.error is not None:
-                    return
+                    ended = True
+                    break
                 if answer.limit is not None and answer.at_limit():
                     answer.finish_reason = "length"
-                    return
-            await responder.drain()  # returns at once unless the client reads slowly
+                    ended = True
+                    break
+                if len(chunks) >= COALESCE_MAX:
+                    write(b"".join(chunks))
+                    chunks.clear()
+            if chunks:
+                write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+            if ended:
+                return
+            if responder.paused:  # the client reads slowly: stop reading upstream until it catches up
+                await responder.drain()
 
     @staticmethod
     def _on_event(event: Any, answer: Answer) -> None:
@@ -233,7 +253,7 @@ class ChatHandler:
     ) -> None:
         replacement: str | None = None
         try:
-            async for batch in upstream:
+            while batch := await upstream.read_events():
                 for event in batch:
                     kind = type(event)
                     if kind is AnswerDelta:

@@ -6,11 +6,11 @@ calls return the envelope's ``biz_data`` or raise ``DeepSeekError``; completion 
 continue return a ``Completion`` that hands out raw body chunks for the stream
 parser.
 
-Timeouts: non-streaming calls run under aiohttp's ``total`` timeout. Streams use
-aiohttp's ``sock_read`` timeout, which the connection's protocol re-arms on every
-network read anyway: it starts as ``first_byte_timeout`` when the request has been
-sent and is switched once, on the first body chunk, to ``idle_timeout``. So
-``Completion.read()`` adds no timer of its own.
+Timeouts: non-streaming calls run under aiohttp's ``total`` timeout. A stream's head
+must arrive within ``first_byte_timeout`` of sending (aiohttp's ``sock_read``); after
+that a watchdog per stream (see ``Completion``) allows ``first_byte_timeout`` for the
+first chunk and ``idle_timeout`` between chunks, at no per-read cost beyond reading a
+clock.
 
 Secrets: tokens travel only in the ``Authorization`` header and passwords only in
 the login body; error messages are built from upstream texts and exception
@@ -199,51 +199,116 @@ def _device_id(login: str) -> str:
     return hashlib.sha256(b"ds2a-device:" + login.encode()).hexdigest()[:32]
 
 
+def _resume_only_when_paused(protocol: Any) -> None:
+    """Skip aiohttp's resume_reading() on every read when reading was never paused.
+
+    aiohttp's StreamReader calls protocol.resume_reading() after each read whatever the
+    state, and that re-enters data_received(b"") and the HTTP parser: a few microseconds
+    per upstream read, on the hot path, for nothing. When aiohttp did pause reading
+    (backpressure), the original runs unchanged. Applied per connection and only if the
+    attributes it relies on exist, so another aiohttp version degrades to its own code.
+    """
+    original = getattr(protocol, "resume_reading", None)
+    if original is None or getattr(original, "resumes_only_when_paused", False):
+        return  # not aiohttp's shape, or a kept-alive connection already guarded
+    if not hasattr(protocol, "_reading_paused") or not hasattr(protocol, "_buffer_paused"):
+        return
+
+    def resume_reading(resume_parser: bool = True) -> None:
+        if protocol._reading_paused or protocol._buffer_paused:
+            original(resume_parser)
+
+    resume_reading.resumes_only_when_paused = True  # type: ignore[attr-defined]
+    protocol.resume_reading = resume_reading
+
+
 class Completion:
     """One streaming answer: raw body chunks as they arrive.
 
-    ``read()`` is the gateway's hot path: one awaited ``readany`` per network read,
-    no timer of its own (aiohttp's ``sock_read`` timer, re-armed by the protocol on
-    every read, enforces first-byte and idle limits).
+    ``read()`` is the gateway's hot path: one awaited ``readany`` per network read.
+    Silence is bounded by a watchdog that wakes once per timeout period, not by a timer
+    re-armed on every read (aiohttp's ``sock_read`` costs a timer cancel and a new
+    timer per network read). It counts only time spent waiting on the upstream, so a
+    client that reads slowly (we are then not reading either) never looks like a
+    silent upstream: first ``first_byte_timeout`` for the first chunk, then
+    ``idle_timeout`` between chunks.
     """
 
-    __slots__ = ("_response", "_readany", "_idle_timeout", "_waiting_first", "trace_id")
+    __slots__ = (
+        "_response", "_readany", "_time", "_limit", "_idle_timeout", "_waiting_since",
+        "_watchdog", "_timed_out", "_waiting_first", "trace_id",
+    )
 
-    def __init__(self, response: aiohttp.ClientResponse, idle_timeout: float) -> None:
+    def __init__(self, response: aiohttp.ClientResponse, first_byte_timeout: float, idle_timeout: float) -> None:
+        loop = asyncio.get_running_loop()
         self._response = response
         self._readany = response.content.readany
+        self._time = loop.time
+        self._limit = first_byte_timeout
         self._idle_timeout = idle_timeout
+        self._waiting_since: float | None = None  # None while we are not waiting on the upstream
+        self._timed_out = False
         self._waiting_first = True
+        self._watchdog: asyncio.TimerHandle | None = loop.call_later(first_byte_timeout, self._check_silence)
         self.trace_id: str | None = response.headers.get("x-ds-trace-id")
+        # aiohttp's sock_read timer bounded the wait for the head; switch it off so it is not
+        # re-armed on every read (the watchdog above takes over).
+        connection = response.connection
+        protocol = connection.protocol if connection is not None else None
+        if protocol is not None:
+            protocol.read_timeout = None
+            protocol.start_timeout()  # cancels the timer already running
+            _resume_only_when_paused(protocol)
 
     async def read(self) -> bytes:
         """Next body chunk, ``b""`` at the end of the body."""
+        self._waiting_since = self._time()
         try:
             chunk = await self._readany()
         except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
             raise self._failed(exc) from None
-        if self._waiting_first and chunk:
-            self._waiting_first = False
-            self._arm_idle_timeout()
+        self._waiting_since = None
+        if self._waiting_first:
+            self._first_chunk_arrived()
+        if not chunk:
+            self._stop_watchdog()
         return chunk
 
-    def _arm_idle_timeout(self) -> None:
-        # The body may already have ended with this chunk, in which case aiohttp has
-        # handed the connection back to the pool and its protocol belongs to someone else.
-        connection = self._response.connection
-        protocol = connection.protocol if connection is not None else None
-        if protocol is not None:
-            protocol.read_timeout = self._idle_timeout
-            protocol.start_timeout()  # replaces the first-byte timer already running
+    def _first_chunk_arrived(self) -> None:
+        # Once per stream: from the first-byte limit to the idle limit, which may be shorter.
+        self._waiting_first = False
+        self._limit = self._idle_timeout
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = asyncio.get_running_loop().call_later(self._limit, self._check_silence)
+
+    def _check_silence(self) -> None:
+        since = self._waiting_since
+        now = self._time()
+        if since is not None and now - since >= self._limit:
+            self._timed_out = True
+            self._watchdog = None
+            # Wakes the pending readany with an error; closing drops the connection.
+            self._response.content.set_exception(asyncio.TimeoutError())
+            self._response.close()
+            return
+        due = (since if since is not None else now) + self._limit
+        self._watchdog = asyncio.get_running_loop().call_at(due, self._check_silence)
+
+    def _stop_watchdog(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
 
     def _failed(self, exc: BaseException) -> DeepSeekError:
         """Stream failures carry only our words and aiohttp's summary: no header ever gets here."""
+        self._stop_watchdog()
         self._response.close()
         if self._waiting_first:
             what = "stream: waiting for the first byte"
         else:
             what = "stream: waiting for the next chunk"
-        if isinstance(exc, asyncio.TimeoutError):
+        if self._timed_out or isinstance(exc, asyncio.TimeoutError):
             error = DeepSeekError(ErrorKind.TIMEOUT, f"{what}: upstream silent for too long")
         else:
             # Whatever breaks after the head is the connection's fault, not a bad answer.
@@ -253,10 +318,12 @@ class Completion:
 
     def release(self) -> None:
         """Hand the connection back; aiohttp closes it instead if the body was not read to the end."""
+        self._stop_watchdog()
         self._response.release()
 
     def close(self) -> None:
         """Abort: drop the connection, which also ends the upstream's generation stream."""
+        self._stop_watchdog()
         self._response.close()
 
     async def __aenter__(self) -> Completion:
@@ -281,12 +348,13 @@ class DeepSeekClient:
         self._urls = {path: URL(base + path) for path in PATHS}
         self._headers = self._personality(config)
         self._call_timeout = aiohttp.ClientTimeout(total=config.request_timeout, connect=config.connect_timeout)
-        # total=None: a stream may run for many minutes; sock_read bounds each silence instead.
+        # total=None: a stream may run for many minutes. Until the head arrives aiohttp's
+        # sock_read bounds the wait for it (and _stream_open_limit what sock_read does not
+        # cover: connecting, writing a body the upstream does not read); from the head on,
+        # Completion's watchdog bounds each silence.
         self._stream_timeout = aiohttp.ClientTimeout(
             total=None, connect=config.connect_timeout, sock_read=config.first_byte_timeout
         )
-        # Until the response head arrives, also bound what sock_read does not cover
-        # (connecting, and writing a body the upstream does not read).
         self._stream_open_limit = config.connect_timeout + config.first_byte_timeout
 
     @staticmethod
@@ -506,7 +574,7 @@ class DeepSeekClient:
         status, content_type = response.status, response.content_type
         log.debug("POST %s -> HTTP %s %s", what, status, content_type)
         if status == 200 and content_type == SSE_CONTENT_TYPE:
-            return Completion(response, self._config.idle_timeout)
+            return Completion(response, self._config.first_byte_timeout, self._config.idle_timeout)
         try:
             raw = await response.read()
         except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:

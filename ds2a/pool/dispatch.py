@@ -4,7 +4,7 @@
 wrong before the first text arrives (login, session, proof of work, the call, an
 in-stream hint such as a rate limit) moves the request to another account, within
 ``pool.max_attempts`` and ``pool.failover_budget``: the client sees one clean answer
-or one clean error. After that, ``UpstreamStream`` relays event batches; an
+or one clean error. After that, ``UpstreamStream.read_events`` hands out event batches; an
 ``INCOMPLETE`` answer is continued with ``chat/continue`` so the client receives it
 whole, once. ``close()`` stops the upstream if needed, deletes the session and
 releases the lease, in the background, exactly once.
@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from ds2a.api.errors import ApiError
@@ -73,38 +73,37 @@ class UpstreamStream:
                 search=search,
             )
         )
+        first: list[Event] = []
         while not self.done:
-            events = await self.next_batch()
-            self.pending.extend(events)
+            events = await self.read_events()
+            first.extend(events)
             for event in events:
                 if type(event) is StreamError:
                     raise DeepSeekError(event.kind, event.message)
             if any(type(e) in _TEXT for e in events):
-                return
+                break
+        self.pending = first  # handed to the relay by the first read_events()
 
-    def __aiter__(self) -> AsyncIterator[list[Event]]:
-        return self.batches()
+    async def read_events(self) -> list[Event]:
+        """The events of the next upstream read; [] once the answer has ended.
 
-    async def batches(self) -> AsyncIterator[list[Event]]:
-        """Event batches, one per upstream read, until the answer has ended."""
+        On the hot path: one awaited read, one parser feed. Flat on purpose (no async
+        generator, no helper coroutine): each layer costs every read a coroutine frame.
+        """
         if self.pending:
             pending, self.pending = self.pending, []
-            yield pending
+            return pending
         while not self.done:
-            events = await self.next_batch()
+            if self.continue_pending:
+                self.continue_pending = False
+                await self._continue()
+            data = await self.completion.read()  # type: ignore[union-attr]
+            events = self.parser.feed(data) if data else self.parser.close()
+            if self.parser.finished:
+                events = self._on_terminal(events)
             if events:
-                yield events
-
-    async def next_batch(self) -> list[Event]:
-        if self.continue_pending:
-            self.continue_pending = False
-            await self._continue()
-        assert self.completion is not None
-        data = await self.completion.read()
-        events = self.parser.feed(data) if data else self.parser.close()
-        if self.parser.finished:
-            events = self._on_terminal(events)
-        return events
+                return events
+        return []
 
     def _on_terminal(self, events: list[Event]) -> list[Event]:
         terminal = next((e for e in reversed(events) if type(e) in (Finish, StreamError)), None)
@@ -162,6 +161,7 @@ class UpstreamStream:
                 await self._stop_generation()
             elif self.completion is not None:
                 await _drain(self.completion)
+            self.pool.generation_ended(self.account)
             if self.session_id and self.pool.config.deepseek.delete_sessions:
                 try:
                     await self.client.delete_session(self.lease.token, self.session_id)

@@ -96,6 +96,11 @@ class Responder:
             self.bytes_sent += len(data)
             self._transport.write(data)
 
+    @property
+    def paused(self) -> bool:
+        """The client reads slower than we write: ``drain()`` would wait."""
+        return self._conn.write_paused and not self._conn.closed
+
     async def drain(self) -> None:
         """Wait while the client reads slower than we write; returns at once otherwise."""
         conn = self._conn

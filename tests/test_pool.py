@@ -325,7 +325,7 @@ async def test_prepared_tickets_are_ready_and_never_reused(tmp_path: Path) -> No
     await asyncio.sleep(0.05)
     # Nothing is prepared while the answer may still be starting: it would compete with it...
     assert account.ticket is None and account.preparing is None
-    pool.generation_ended(account)  # ...but as soon as the upstream is done with the account
+    pool.schedule_prepare(account)  # ...but once the first text is on its way (dispatch does this)
     await asyncio.wait_for(_until(lambda: account.ticket is not None), 5)
     assert account.ticket is not None and account.ticket.pow_response != ticket.pow_response
     lease.release()

@@ -92,6 +92,9 @@ class UpstreamStream:
         """
         if self.pending:
             pending, self.pending = self.pending, []
+            # The first text is on its way to the client: from the next loop turn on, the
+            # account's next ticket can be prepared without competing with it.
+            asyncio.get_running_loop().call_soon(self.pool.schedule_prepare, self.account)
             return pending
         while not self.done:
             if self.continue_pending:
@@ -161,7 +164,7 @@ class UpstreamStream:
                 await self._stop_generation()
             elif self.completion is not None:
                 await _drain(self.completion)
-            self.pool.generation_ended(self.account)
+            self.pool.schedule_prepare(self.account)  # if it was not prepared meanwhile
             if self.session_id and self.pool.config.deepseek.delete_sessions:
                 try:
                     await self.client.delete_session(self.lease.token, self.session_id)

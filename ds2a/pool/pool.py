@@ -474,13 +474,10 @@ class AccountPool:
             if account.refresh_timer:
                 account.refresh_timer.cancel()
                 account.refresh_timer = None
-        # The next ticket is prepared once this generation has ended (generation_ended),
-        # not now: preparing while answers start would compete with their first tokens.
+        # The next ticket is prepared once this answer's first text is on its way (dispatch
+        # calls schedule_prepare then), not now: a burst of preparations would compete with
+        # a burst of first tokens.
         return ticket
-
-    def generation_ended(self, account: Account) -> None:
-        """The account is idle upstream (its cleanup may still run): get the next ticket ready."""
-        self.schedule_prepare(account)
 
     async def prepare(self, account: Account, *, background: bool = False) -> Ticket:
         """Log in if needed, create a session, get a challenge and solve it off the loop."""

@@ -8,6 +8,7 @@ absent, as on a user's fresh clone; they never copy it into the project.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,3 +41,23 @@ def capture_names() -> list[str]:
     if not SSE_DIR.exists():
         return []
     return sorted(p.name for p in SSE_DIR.glob("*.txt"))
+
+
+@pytest.fixture
+def make_stack() -> Iterator[Callable[..., Any]]:
+    """Simulator + gateway stacks of a test's own (``harness.Stack`` arguments), stopped after it.
+
+    For tests that change config or leave accounts resting; tests that can share one
+    stack use a module-scoped fixture instead.
+    """
+    from harness import Stack  # late: the unit tests need none of the servers
+
+    stacks: list[Stack] = []
+
+    def make(**kwargs: Any) -> Stack:
+        stacks.append(Stack(**kwargs).start())
+        return stacks[-1]
+
+    yield make
+    for stack in stacks:
+        stack.stop()

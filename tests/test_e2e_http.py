@@ -211,20 +211,6 @@ def strict() -> Iterator[Stack]:
         yield s
 
 
-@pytest.fixture
-def fresh() -> Iterator[Callable[..., Stack]]:
-    """Stacks for one test, for upstream failures that leave accounts resting."""
-    made: list[Stack] = []
-
-    def make(**kwargs: Any) -> Stack:
-        made.append(Stack(**kwargs).start())
-        return made[-1]
-
-    yield make
-    for s in made:
-        s.stop()
-
-
 # --- 401 --------------------------------------------------------------------------------
 
 
@@ -360,8 +346,8 @@ def test_too_large_body_is_413(stack: Stack) -> None:
 # --- 429 ------------------------------------------------------------------------------------
 
 
-def test_queue_full_and_queue_wait_expired_are_429_with_retry_after(fresh: Callable[..., Stack]) -> None:
-    s = fresh(accounts=1, config={"pool": {"queue_max": 1, "queue_timeout": 1.0}})
+def test_queue_full_and_queue_wait_expired_are_429_with_retry_after(make_stack: Callable[..., Stack]) -> None:
+    s = make_stack(accounts=1, config={"pool": {"queue_max": 1, "queue_timeout": 1.0}})
     waited: list[BaseException] = []
 
     def waiter() -> None:
@@ -392,8 +378,8 @@ def test_queue_full_and_queue_wait_expired_are_429_with_retry_after(fresh: Calla
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_upstream_rate_limit_on_every_account_is_429(fresh: Callable[..., Stack], stream: bool) -> None:
-    s = fresh(accounts=2, config={"pool": {"cooldown": 45}})
+def test_upstream_rate_limit_on_every_account_is_429(make_stack: Callable[..., Stack], stream: bool) -> None:
+    s = make_stack(accounts=2, config={"pool": {"cooldown": 45}})
     with pytest.raises(openai.RateLimitError) as caught:
         sdk(s).chat.completions.create(
             model="deepseek-chat", messages=[{"role": "user", "content": "[[sim:rate_limit]] hi"}], stream=stream
@@ -411,8 +397,8 @@ def test_upstream_rate_limit_on_every_account_is_429(fresh: Callable[..., Stack]
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_every_attempt_dropped_before_the_first_byte_is_502(fresh: Callable[..., Stack], stream: bool) -> None:
-    s = fresh(accounts=2)
+def test_every_attempt_dropped_before_the_first_byte_is_502(make_stack: Callable[..., Stack], stream: bool) -> None:
+    s = make_stack(accounts=2)
     raw = http(s, "POST", CHAT, chat_body("[[sim:drop=1]] hi", stream=stream))
     err = api_error(raw, 502)  # JSON, not a 200 stream carrying an error
     assert err["code"] == "upstream_unavailable" and err["type"] == "upstream_error"
@@ -421,8 +407,8 @@ def test_every_attempt_dropped_before_the_first_byte_is_502(fresh: Callable[...,
     assert s.counters()["drops"] == 2  # failed over once, then gave up
 
 
-def test_sdk_raises_internal_server_error_for_upstream_failures(fresh: Callable[..., Stack]) -> None:
-    s = fresh(accounts=1)
+def test_sdk_raises_internal_server_error_for_upstream_failures(make_stack: Callable[..., Stack]) -> None:
+    s = make_stack(accounts=1)
     with pytest.raises(openai.InternalServerError) as caught:
         list(
             sdk(s).chat.completions.create(
@@ -432,8 +418,8 @@ def test_sdk_raises_internal_server_error_for_upstream_failures(fresh: Callable[
     assert caught.value.status_code == 502
 
 
-def test_no_accounts_is_503(fresh: Callable[..., Stack]) -> None:
-    s = fresh(accounts=0)
+def test_no_accounts_is_503(make_stack: Callable[..., Stack]) -> None:
+    s = make_stack(accounts=0)
     for stream in (False, True):
         err = api_error(http(s, "POST", CHAT, chat_body("hi", stream=stream)), 503)
         assert err["code"] == "no_accounts"
@@ -442,8 +428,8 @@ def test_no_accounts_is_503(fresh: Callable[..., Stack]) -> None:
     assert caught.value.status_code == 503
 
 
-def test_every_account_muted_is_503_with_retry_after(fresh: Callable[..., Stack]) -> None:
-    s = fresh(accounts=2, config={"pool": {"queue_timeout": 5}})
+def test_every_account_muted_is_503_with_retry_after(make_stack: Callable[..., Stack]) -> None:
+    s = make_stack(accounts=2, config={"pool": {"queue_timeout": 5}})
     response = http(s, "POST", CHAT, chat_body("[[sim:muted=600]] hi", stream=True))
     err = api_error(response, 503)
     assert err["code"] == "upstream_account_muted" and "muted" in err["message"]
@@ -472,8 +458,8 @@ def test_prompt_too_long_for_deepseek_is_400_without_failover(stack: Stack, stre
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_first_byte_timeout_is_504(fresh: Callable[..., Stack], stream: bool) -> None:
-    s = fresh(accounts=1, config={"deepseek": {"first_byte_timeout": 0.3}})
+def test_first_byte_timeout_is_504(make_stack: Callable[..., Stack], stream: bool) -> None:
+    s = make_stack(accounts=1, config={"deepseek": {"first_byte_timeout": 0.3}})
     err = api_error(http(s, "POST", CHAT, chat_body("[[sim:slow_first_byte=5]] hi", stream=stream)), 504)
     assert err["code"] == "upstream_timeout" and "timed out" in err["message"]
 

@@ -58,19 +58,6 @@ def client(stack: Stack) -> openai.OpenAI:
     return sdk(stack)
 
 
-@pytest.fixture
-def fresh() -> Iterator[Callable[..., Stack]]:
-    made: list[Stack] = []
-
-    def make(**kwargs: Any) -> Stack:
-        made.append(Stack(**kwargs).start())
-        return made[-1]
-
-    yield make
-    for s in made:
-        s.stop()
-
-
 # --- upstream failure after the first byte ---------------------------------------------------
 
 
@@ -323,8 +310,8 @@ def test_answer_cut_several_times_is_continued_each_time(stack: Stack, client: o
     assert delta(before, stack.counters(), "continues") == 3
 
 
-def test_continuation_rounds_used_up_is_length(fresh: Callable[..., Stack]) -> None:
-    s = fresh(accounts=1, config={"pool": {"continue_rounds": 1}})
+def test_continuation_rounds_used_up_is_length(make_stack: Callable[..., Stack]) -> None:
+    s = make_stack(accounts=1, config={"pool": {"continue_rounds": 1}})
     prompt = "cut more often than allowed"
     s.inject("incomplete", count=2, tokens=10)
     chunks = list(
@@ -374,9 +361,9 @@ def test_include_usage_adds_one_usage_chunk(stack: Stack, model: str) -> None:
 
 @pytest.mark.parametrize("stream", [True, False])
 def test_client_disconnect_stops_the_generation_and_frees_the_account(
-    fresh: Callable[..., Stack], stream: bool
+    make_stack: Callable[..., Stack], stream: bool
 ) -> None:
-    s = fresh(accounts=1)
+    s = make_stack(accounts=1)
     s.wait_idle()
     before = s.counters()
     if stream:
@@ -419,8 +406,8 @@ def kernel_send_buffer_max() -> int:
         return 4 << 20
 
 
-def test_slow_reader_does_not_make_the_gateway_buffer_the_answer(fresh: Callable[..., Stack]) -> None:
-    s = fresh(accounts=1)
+def test_slow_reader_does_not_make_the_gateway_buffer_the_answer(make_stack: Callable[..., Stack]) -> None:
+    s = make_stack(accounts=1)
     # Each content chunk is about 200 bytes as the gateway writes it; the answer is sized to
     # be well over twice what the kernel can absorb, so only backpressure keeps most of it
     # out of the gateway's buffers.
@@ -472,8 +459,8 @@ def stop_in_background(s: Stack) -> threading.Thread:
     return thread
 
 
-def test_shutdown_lets_a_stream_finish_within_the_grace(fresh: Callable[..., Stack]) -> None:
-    s = fresh(accounts=1, config={"server": {"shutdown_grace": 20}})
+def test_shutdown_lets_a_stream_finish_within_the_grace(make_stack: Callable[..., Stack]) -> None:
+    s = make_stack(accounts=1, config={"server": {"shutdown_grace": 20}})
     prompt = "[[sim:delay=0.01]] [[sim:tokens=60]] finish me"
     with RawStream(s, chat_body(prompt, stream=True)) as raw:
         events = [raw.next_event(), raw.next_event()]
@@ -494,8 +481,8 @@ def test_shutdown_lets_a_stream_finish_within_the_grace(fresh: Callable[..., Sta
     assert s.counters()["finished"] == 1
 
 
-def test_shutdown_cuts_a_stream_past_the_grace_visibly(fresh: Callable[..., Stack]) -> None:
-    s = fresh(accounts=1, config={"server": {"shutdown_grace": 0.3}})
+def test_shutdown_cuts_a_stream_past_the_grace_visibly(make_stack: Callable[..., Stack]) -> None:
+    s = make_stack(accounts=1, config={"server": {"shutdown_grace": 0.3}})
     with RawStream(s, chat_body(f"{SLOW} too long to wait for", stream=True)) as raw:
         events = [raw.next_event(), raw.next_event()]
         thread = stop_in_background(s)
@@ -515,8 +502,8 @@ def test_shutdown_cuts_a_stream_past_the_grace_visibly(fresh: Callable[..., Stac
     assert s.call(lambda: len(s.gateway.pool.leases)) == 0
 
 
-def test_shutdown_past_the_grace_answers_a_non_stream_request_with_503(fresh: Callable[..., Stack]) -> None:
-    s = fresh(accounts=1, config={"server": {"shutdown_grace": 0.3}})
+def test_shutdown_past_the_grace_answers_a_non_stream_request_with_503(make_stack: Callable[..., Stack]) -> None:
+    s = make_stack(accounts=1, config={"server": {"shutdown_grace": 0.3}})
     results: list[tuple[int, dict[str, str], bytes]] = []
     thread = threading.Thread(target=lambda: results.append(http(s, "POST", CHAT, chat_body(f"{SLOW} whole"))))
     thread.start()

@@ -18,7 +18,7 @@ import os
 import random
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -38,20 +38,6 @@ CONTINUE = "/api/v0/chat/continue"
 
 
 # --- plumbing -----------------------------------------------------------------
-
-
-@pytest.fixture
-def make_stack() -> Iterator[Callable[..., Stack]]:
-    stacks: list[Stack] = []
-
-    def make(**kwargs: Any) -> Stack:
-        stack = Stack(**kwargs).start()
-        stacks.append(stack)
-        return stack
-
-    yield make
-    for stack in stacks:
-        stack.stop()
 
 
 async def on_loop(stack: Stack, fn: Callable[[], T]) -> T:

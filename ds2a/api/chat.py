@@ -20,7 +20,7 @@ from typing import Any
 from ds2a.api.auth import Authenticator, Caller
 from ds2a.api.citations import CitationRewriter
 from ds2a.api.encode import ChunkEncoder, completion_body, new_completion_id
-from ds2a.api.errors import ApiError, upstream_error
+from ds2a.api.errors import upstream_error
 from ds2a.api.models import ModelTable
 from ds2a.api.stops import StopMatcher
 from ds2a.api.usage import count_prompt_tokens

@@ -7,7 +7,9 @@ the right status. Then either every event is relayed as one SSE chunk (stream) o
 the answer is collected into one ``chat.completion`` body.
 
 The relay loop in ``_relay`` is the gateway's hot path: per upstream event, one
-type check, one chunk built from a pre-built template, one write.
+type check and one chunk built from a pre-built template; per upstream read, one
+write (``StreamSink``). Non-stream answers run through the same loop into a
+``CollectSink``.
 """
 
 from __future__ import annotations
@@ -46,12 +48,11 @@ class Answer:
     """What one request has received so far, and how it must be transformed."""
 
     __slots__ = (
-        "request", "citations", "stops", "limit", "tokens", "reasoning_tokens",
-        "upstream_tokens", "finish_reason", "error", "reasoning", "content", "delivered",
+        "citations", "stops", "limit", "tokens", "reasoning_tokens", "upstream_tokens",
+        "finish_reason", "replacement", "error", "delivered",
     )
 
     def __init__(self, request: ChatRequest, citation_mode: str) -> None:
-        self.request = request
         self.citations = CitationRewriter(citation_mode) if request.spec.search else None
         self.stops = StopMatcher(request.stop)
         self.limit = request.max_tokens
@@ -59,9 +60,8 @@ class Answer:
         self.reasoning_tokens = 0
         self.upstream_tokens: int | None = None  # accumulated_token_usage, when the upstream says
         self.finish_reason: str | None = None
+        self.replacement: str | None = None  # the upstream's canned refusal after a content filter
         self.error: DeepSeekError | None = None
-        self.reasoning: list[str] = []  # kept only when not streaming
-        self.content: list[str] = []
         self.delivered = 0  # answer characters let through the stop matcher (kept only with stops)
 
     def answer_text(self, text: str) -> str:
@@ -105,6 +105,70 @@ class Answer:
 
     def at_limit(self) -> bool:
         return self.limit is not None and self.tokens >= self.limit
+
+
+class StreamSink:
+    """A streamed answer's way out: one SSE chunk per event, one write per upstream read.
+
+    Events that arrived in the same network read leave together in one write: they
+    were available at the same instant, so joining them delays nothing and saves a
+    syscall each (a paced token is alone in its read: one event, one write).
+    """
+
+    __slots__ = ("responder", "chunks", "_content", "_reasoning")
+
+    def __init__(self, responder: Responder, enc: ChunkEncoder) -> None:
+        self.responder = responder
+        self.chunks: list[bytes] = []
+        self._content = enc.content
+        self._reasoning = enc.reasoning
+
+    def answer(self, text: str) -> None:
+        self.chunks.append(self._content(text))
+        if len(self.chunks) >= COALESCE_MAX:
+            self.flush()
+
+    def reasoning(self, text: str) -> None:
+        self.chunks.append(self._reasoning(text))
+        if len(self.chunks) >= COALESCE_MAX:
+            self.flush()
+
+    def flush(self) -> None:
+        chunks = self.chunks
+        if chunks:
+            self.responder.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+            chunks.clear()
+
+    @property
+    def paused(self) -> bool:
+        """The client reads slowly: stop reading upstream until it catches up."""
+        return self.responder.paused
+
+    async def drain(self) -> None:
+        await self.responder.drain()
+
+
+class CollectSink:
+    """A non-stream answer's way out: the text, kept for one body at the end."""
+
+    __slots__ = ("content", "reasoning_parts")
+    paused = False  # nobody reads until the whole answer is in
+
+    def __init__(self) -> None:
+        self.content: list[str] = []
+        self.reasoning_parts: list[str] = []
+
+    def answer(self, text: str) -> None:
+        self.content.append(text)
+
+    def reasoning(self, text: str) -> None:
+        self.reasoning_parts.append(text)
+
+    def flush(self) -> None:
+        pass
+
+    async def drain(self) -> None:
+        pass
 
 
 class ChatHandler:
@@ -157,7 +221,7 @@ class ChatHandler:
         responder.start_stream(200)
         responder.write(enc.role())
         try:
-            await self._relay(responder, upstream, answer, enc)
+            await self._relay(upstream, answer, StreamSink(responder, enc))
         except DeepSeekError as exc:  # the connection dropped or went silent mid-answer
             answer.error = exc
         except asyncio.CancelledError:
@@ -189,50 +253,36 @@ class ChatHandler:
         responder.write(ChunkEncoder.DONE)
         responder.end_stream()
 
-    async def _relay(self, responder: Responder, upstream: UpstreamStream, answer: Answer, enc: ChunkEncoder) -> None:
-        """The hot path: one upstream event -> one chunk; one write per upstream read.
-
-        Events that arrived in the same network read leave together in one write: they
-        were available at the same instant, so joining them delays nothing and saves a
-        syscall each (a paced token is alone in its read: one event, one write).
-        """
-        write = responder.write
-        content = enc.content
-        reasoning = enc.reasoning
+    async def _relay(self, upstream: UpstreamStream, answer: Answer, sink: StreamSink | CollectSink) -> None:
+        """The hot path: per upstream event one type check and one sink call (one chunk
+        built from a template); per upstream read one flush (one write)."""
         read_events = upstream.read_events
+        to_answer = sink.answer
+        to_reasoning = sink.reasoning
         while batch := await read_events():
-            chunks: list[bytes] = []
-            emit = chunks.append
-            ended = False
             for event in batch:
                 kind = type(event)
                 if kind is AnswerDelta:
                     answer.tokens += 1
                     text = answer.answer_text(event.text)
                     if text:
-                        emit(content(text))
+                        to_answer(text)
                 elif kind is ReasoningDelta:
                     answer.tokens += 1
                     answer.reasoning_tokens += 1
-                    emit(reasoning(event.text))
+                    to_reasoning(event.text)
                 else:
                     self._on_event(event, answer)
                 if answer.finish_reason is not None or answer.error is not None:
-                    ended = True
                     break
                 if answer.limit is not None and answer.at_limit():
                     answer.finish_reason = "length"
-                    ended = True
                     break
-                if len(chunks) >= COALESCE_MAX:
-                    write(b"".join(chunks))
-                    chunks.clear()
-            if chunks:
-                write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
-            if ended:
+            sink.flush()
+            if answer.finish_reason is not None or answer.error is not None:
                 return
-            if responder.paused:  # the client reads slowly: stop reading upstream until it catches up
-                await responder.drain()
+            if sink.paused:
+                await sink.drain()
 
     @staticmethod
     def _on_event(event: Any, answer: Answer) -> None:
@@ -243,6 +293,7 @@ class ChatHandler:
             answer.upstream_tokens = event.completion_tokens
         elif kind is Finish:
             answer.finish_reason = FINISH_REASONS[event.reason]
+            answer.replacement = event.replacement
         elif kind is StreamError:
             answer.error = DeepSeekError(event.kind, event.message)
 
@@ -251,45 +302,24 @@ class ChatHandler:
     async def _collect(
         self, responder: Responder, upstream: UpstreamStream, chat: ChatRequest, answer: Answer, prompt_tokens: int
     ) -> None:
-        replacement: str | None = None
+        sink = CollectSink()
         try:
-            while batch := await upstream.read_events():
-                for event in batch:
-                    kind = type(event)
-                    if kind is AnswerDelta:
-                        answer.tokens += 1
-                        answer.content.append(answer.answer_text(event.text))
-                    elif kind is ReasoningDelta:
-                        answer.tokens += 1
-                        answer.reasoning_tokens += 1
-                        answer.reasoning.append(event.text)
-                    else:
-                        if kind is Finish and event.reason == "content_filter":
-                            replacement = event.replacement
-                        self._on_event(event, answer)
-                    if answer.finish_reason is not None or answer.error is not None:
-                        break
-                    if answer.at_limit():
-                        answer.finish_reason = "length"
-                        break
-                else:
-                    continue
-                break
+            await self._relay(upstream, answer, sink)
         except DeepSeekError as exc:
             answer.error = exc
         if answer.error is not None:
             raise upstream_error(answer.error)
-        answer.content.append(answer.flush_text())
-        content = "".join(answer.content)
+        sink.answer(answer.flush_text())
+        content = "".join(sink.content)
         if answer.finish_reason == "content_filter":
             # The upstream withdrew the answer and put its canned refusal in its place.
-            content = replacement or ""
+            content = answer.replacement or ""
         body = completion_body(
             new_completion_id(),
             int(time.time()),
             chat.model,
             content=content,
-            reasoning="".join(answer.reasoning) if chat.spec.thinking else None,
+            reasoning="".join(sink.reasoning_parts) if chat.spec.thinking else None,
             finish_reason=answer.finish_reason or "stop",
             prompt_tokens=prompt_tokens,
             completion_tokens=answer.completion_tokens(),

@@ -48,7 +48,6 @@ class UpstreamStream:
         self.opening: asyncio.Future[Completion] | None = None  # a generation request still in flight
         self.parser = StreamParser()
         self.pending: list[Event] = []
-        self.terminal: Event | None = None
         self.done = False
         self.closed = False
         self.rounds_left = pool.pcfg.continue_rounds
@@ -116,7 +115,6 @@ class UpstreamStream:
             self.rounds_left -= 1
             self.continue_pending = True
             return [e for e in events if e is not terminal]
-        self.terminal = terminal
         self.done = True
         return events
 

@@ -63,7 +63,7 @@ class Group:
 class Lease:
     """The right to run one generation on one account. Release exactly once."""
 
-    __slots__ = ("pool", "group", "account", "started", "released", "ticket_taken")
+    __slots__ = ("pool", "group", "account", "started", "released")
 
     def __init__(self, pool: AccountPool, group: Group, account: Account) -> None:
         self.pool = pool
@@ -71,7 +71,6 @@ class Lease:
         self.account = account
         self.started = time.monotonic()
         self.released = False
-        self.ticket_taken = False
 
     @property
     def token(self) -> str:
@@ -85,7 +84,6 @@ class Lease:
 
     async def ticket(self) -> Ticket:
         """A session and a solved challenge for this lease's completion (prepared if possible)."""
-        self.ticket_taken = True
         return await self.pool.take_ticket(self.account)
 
     def report(self, error: DeepSeekError, *, token: str | None = None) -> None:

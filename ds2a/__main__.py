@@ -122,6 +122,8 @@ def print_demo_banner(config: Config, host: str, port: int) -> None:
     print(
         f"""
 ds2a demo: the gateway is serving from its built-in DeepSeek simulator (offline, no real accounts).
+The simulator answers with deterministic filler text (mixed scripts, emoji, whitespace) that
+exercises the relay; point config.json at your own accounts for real answers.
 
   base URL : {url}/v1
   API key  : {key}

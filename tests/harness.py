@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import openai
 import uvloop
 
 from ds2a.app import Gateway
@@ -129,6 +130,11 @@ class Stack:
 
     def pool_snapshot(self) -> dict[str, Any]:
         return self.call(self.gateway.pool.snapshot)
+
+
+def sdk(stack: Stack, key: str = KEY, *, base_url: str | None = None) -> openai.OpenAI:
+    """The official openai client pointed at the stack's gateway, without retries."""
+    return openai.OpenAI(base_url=base_url or stack.api_base, api_key=key, max_retries=0, timeout=30)
 
 
 def http(

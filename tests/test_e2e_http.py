@@ -21,7 +21,7 @@ import openai
 import pytest
 
 from ds2a.sim import SimConfig, expected
-from harness import KEY, Stack, http
+from harness import KEY, Stack, http, sdk
 from openai_schema import validate
 
 CHAT = "/v1/chat/completions"
@@ -31,10 +31,6 @@ HOLD = "[[sim:delay=0.02]] [[sim:tokens=5000]] hold the account"
 
 def chat_body(content: str, model: str = "deepseek-chat", **extra: Any) -> dict[str, Any]:
     return {"model": model, "messages": [{"role": "user", "content": content}], **extra}
-
-
-def sdk(stack: Stack, key: str = KEY, *, base_url: str | None = None) -> openai.OpenAI:
-    return openai.OpenAI(base_url=base_url or stack.api_base, api_key=key, max_retries=0, timeout=30)
 
 
 def api_error(response: tuple[int, dict[str, str], bytes], status: int) -> dict[str, Any]:

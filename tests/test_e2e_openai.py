@@ -14,7 +14,7 @@ import openai
 import pytest
 
 from ds2a.sim import expected
-from harness import KEY, Stack, http, sse_events
+from harness import KEY, Stack, http, sdk, sse_events
 from openai_schema import validate
 
 MODELS = {
@@ -33,7 +33,7 @@ def stack() -> Iterator[Stack]:
 
 @pytest.fixture
 def client(stack: Stack) -> openai.OpenAI:
-    return openai.OpenAI(base_url=stack.api_base, api_key=KEY, max_retries=0)
+    return sdk(stack)
 
 
 def reasoning_of(obj: Any) -> str | None:

@@ -20,9 +20,9 @@ import pytest
 from ds2a.sim import expected
 from ds2a.sim.bodies import TEMPLATE_TEXT
 from ds2a.sim.text import Marker, plan_for, sizes_for
-from harness import KEY, Stack, http
+from harness import KEY, Stack, http, sdk
 from openai_schema import validate
-from test_e2e_http import CHAT, RawStream, api_error, chat_body, content_of, sdk, wait_for
+from test_e2e_http import CHAT, RawStream, api_error, chat_body, content_of, wait_for
 
 # Slow enough that the upstream is still generating when the gateway cuts the answer.
 SLOW = "[[sim:delay=0.01]] [[sim:tokens=3000]]"

@@ -7,6 +7,7 @@ import logging
 
 from ds2a.api.auth import Authenticator
 from ds2a.api.chat import ChatHandler
+from ds2a.api.errors import render_openai_error
 from ds2a.api.models import ModelTable
 from ds2a.config import Config
 from ds2a.deepseek import pow as pow_
@@ -26,7 +27,7 @@ class Gateway:
         self.auth = Authenticator(config.keys, allow_direct_tokens=config.api.allow_direct_tokens)
         self.chat = ChatHandler(config, self.pool, self.models, self.auth)
         self.router = self._routes()
-        self.server = HTTPServer(self.router, config.server)
+        self.server = HTTPServer(self.router, config.server, render_error=render_openai_error)
 
     def _routes(self) -> Router:
         router = Router()

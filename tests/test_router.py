@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from ds2a.api.errors import render_openai_error
+from ds2a.server.errors import HTTPError
 from ds2a.server import Request, Responder, Router
 
 
@@ -68,8 +70,12 @@ def router() -> Router:
 
 
 async def call(r: Router, req: Request) -> FakeResponder:
+    """As the server does: a raised HTTPError is answered through the dialect's renderer."""
     resp = FakeResponder()
-    await r(req, resp)  # type: ignore[arg-type]
+    try:
+        await r(req, resp)  # type: ignore[arg-type]
+    except HTTPError as exc:
+        resp.send(exc.status, render_openai_error(req.path, exc), headers=exc.headers)
     return resp
 
 

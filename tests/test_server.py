@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from ds2a.api.errors import ApiError
+from ds2a.api.errors import ApiError, render_openai_error
 from ds2a.config import ServerConfig
 from ds2a.server import HTTPServer, Request, Responder, Router
 from ds2a.server.core import NEED_DATA, Continue, HTTPCore, Reject
@@ -49,7 +49,7 @@ async def wait_until(condition: Callable[[], bool], timeout: float = WAIT) -> No
 @asynccontextmanager
 async def serving(handler: Handler, **settings: Any) -> AsyncIterator[tuple[HTTPServer, int]]:
     config = ServerConfig(host="127.0.0.1", port=0, **settings)
-    server = HTTPServer(handler, config)
+    server = HTTPServer(handler, config, render_error=render_openai_error)
     _, port = await server.start()
     try:
         yield server, port
@@ -858,7 +858,7 @@ async def test_shutdown_lets_a_short_stream_finish_and_closes_idle_connections()
         responder.write(b"data: 2\n\n")
         responder.end_stream()
 
-    server = HTTPServer(handler, ServerConfig(host="127.0.0.1", port=0))
+    server = HTTPServer(handler, ServerConfig(host="127.0.0.1", port=0), render_error=render_openai_error)
     _, port = await server.start()
     idle_reader, idle_writer = await connect(port)
     idle_writer.write(get("/json"))
@@ -898,7 +898,7 @@ async def scenario_shutdown_cuts_a_long_stream(catch: bool) -> None:
                 return
             raise
 
-    server = HTTPServer(handler, ServerConfig(host="127.0.0.1", port=0))
+    server = HTTPServer(handler, ServerConfig(host="127.0.0.1", port=0), render_error=render_openai_error)
     _, port = await server.start()
     reader, writer = await connect(port)
     writer.write(get("/"))
@@ -931,7 +931,7 @@ async def test_shutdown_aborts_a_client_that_does_not_read() -> None:
             responder.write(b"x" * 16384)  # no drain(): pile it up in the transport
         await asyncio.sleep(3600)
 
-    server = HTTPServer(handler, ServerConfig(host="127.0.0.1", port=0))
+    server = HTTPServer(handler, ServerConfig(host="127.0.0.1", port=0), render_error=render_openai_error)
     _, port = await server.start()
     loop = asyncio.get_running_loop()
     sock = socket.socket()
@@ -948,7 +948,7 @@ async def test_shutdown_answers_503_for_a_handler_that_had_not_started() -> None
     async def handler(request: Request, responder: Responder) -> None:
         await asyncio.sleep(3600)
 
-    server = HTTPServer(handler, ServerConfig(host="127.0.0.1", port=0))
+    server = HTTPServer(handler, ServerConfig(host="127.0.0.1", port=0), render_error=render_openai_error)
     _, port = await server.start()
     reader, writer = await connect(port)
     writer.write(get("/"))

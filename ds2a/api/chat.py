@@ -22,7 +22,7 @@ from typing import Any
 from ds2a.api.auth import Authenticator, Caller
 from ds2a.api.citations import CitationRewriter
 from ds2a.api.encode import ChunkEncoder, completion_body, new_completion_id
-from ds2a.api.errors import upstream_error
+from ds2a.api.errors import pool_error, upstream_error
 from ds2a.api.models import ModelTable
 from ds2a.api.stops import StopMatcher
 from ds2a.api.usage import count_prompt_tokens
@@ -33,6 +33,7 @@ from ds2a.deepseek.events import AnswerDelta, Citation, Finish, ReasoningDelta, 
 from ds2a.deepseek.prompt import build_prompt
 from ds2a.pool import AccountPool
 from ds2a.pool.dispatch import UpstreamStream, open_stream
+from ds2a.pool.errors import PoolError
 from ds2a.server import Request, Responder
 
 log = logging.getLogger(__name__)
@@ -205,6 +206,8 @@ class ChatHandler:
             )
         except DeepSeekError as exc:
             raise upstream_error(exc, direct=caller.direct_token is not None) from None
+        except PoolError as exc:
+            raise pool_error(exc) from None
 
     async def _count_prompt_tokens(self, prompt: str) -> int:
         method = self.config.api.prompt_tokens

@@ -12,6 +12,8 @@ import time
 from collections.abc import Sequence
 
 from ds2a.deepseek.errors import DeepSeekError, ErrorKind
+from ds2a.pool.errors import PoolError
+from ds2a.server.errors import HTTPError
 
 # Default OpenAI error type per status; a raise site may name a more precise one.
 _TYPES = {
@@ -31,8 +33,12 @@ _TYPES = {
 }
 
 
-class ApiError(Exception):
-    """An error answered to the client with ``status`` and OpenAI's error body."""
+class ApiError(HTTPError):
+    """An error answered to the client with ``status`` and OpenAI's error body.
+
+    Other dialects raise it too (it is the gateway's one error taxonomy: status, code,
+    param, headers); each dialect's renderer gives it that dialect's envelope.
+    """
 
     def __init__(
         self,
@@ -44,13 +50,9 @@ class ApiError(Exception):
         code: str | None = None,
         headers: Sequence[tuple[str, str]] = (),
     ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.type = type or _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+        super().__init__(status, message, code=code, headers=headers)
+        self.type = type or openai_type(status)
         self.param = param
-        self.code = code
-        self.headers = list(headers)
 
     def to_dict(self) -> dict[str, dict[str, str | None]]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
@@ -62,9 +64,26 @@ class ApiError(Exception):
         return f"ApiError({self.status}, {self.message!r}, code={self.code!r})"
 
 
+def openai_type(status: int) -> str:
+    return _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+
+
 def error_body(status: int, message: str, *, code: str | None = None, param: str | None = None) -> bytes:
-    """Shortcut for layers that only need the bytes (the HTTP server's own 4xx answers)."""
+    """Shortcut for layers that only need the bytes."""
     return ApiError(status, message, code=code, param=param).body()
+
+
+def render_openai_error(path: str, error: HTTPError) -> bytes:
+    """The server's ErrorRenderer for OpenAI routes: any HTTPError in OpenAI's shape."""
+    if isinstance(error, ApiError):
+        return error.body()
+    return error_body(error.status, error.message, code=error.code)
+
+
+def pool_error(exc: PoolError) -> ApiError:
+    """The pool's own refusals (busy, exhausted, disabled, closing) as API errors."""
+    headers = [("Retry-After", str(max(1, math.ceil(exc.retry_after))))] if exc.retry_after is not None else []
+    return ApiError(exc.status, exc.message, code=exc.code, headers=headers)
 
 
 # --- upstream failures -------------------------------------------------------------

@@ -18,11 +18,11 @@ import time
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
-from ds2a.api.errors import ApiError
 from ds2a.deepseek.client import Completion
 from ds2a.deepseek.errors import DeepSeekError, ErrorKind
 from ds2a.deepseek.events import AnswerDelta, Event, Finish, ReasoningDelta, StreamError
 from ds2a.deepseek.stream import StreamParser
+from ds2a.pool.errors import PoolError
 
 if TYPE_CHECKING:
     from ds2a.pool.account import Account
@@ -228,8 +228,8 @@ async def open_stream(
                 break
         try:
             lease = await pool.acquire(direct_token=direct_token, exclude=tried, timeout=timeout)
-        except ApiError as exc:
-            if last_error is not None and exc.status in (429, 503):
+        except PoolError:
+            if last_error is not None:
                 break  # out of accounts to fail over to: report what the upstream said
             raise
         if deadline is None:

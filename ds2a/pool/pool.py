@@ -23,12 +23,12 @@ import time
 from collections.abc import Coroutine, Iterable
 from typing import Any
 
-from ds2a.api.errors import ApiError
 from ds2a.config import AccountConfig, Config
 from ds2a.deepseek import pow as pow_
 from ds2a.deepseek.client import DeepSeekClient
 from ds2a.deepseek.errors import DeepSeekError, ErrorKind
 from ds2a.pool.account import Account, Health, Ticket
+from ds2a.pool.errors import PoolBusy, PoolClosing, PoolResting, PoolUnavailable
 from ds2a.pool.tokens import TokenStore
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ class AccountPool:
             while group.waiters:
                 waiter = group.waiters.popleft()
                 if not waiter.future.done():
-                    waiter.future.set_exception(ApiError(503, "the gateway is shutting down", code="shutting_down"))
+                    waiter.future.set_exception(PoolClosing("the gateway is shutting down", code="shutting_down"))
         for account in self.accounts:
             if account.refresh_timer:
                 account.refresh_timer.cancel()
@@ -176,7 +176,7 @@ class AccountPool:
     ) -> Lease:
         """Lease an account, waiting in FIFO order when all are busy."""
         if self.closing:
-            raise ApiError(503, "the gateway is shutting down", code="shutting_down")
+            raise PoolClosing("the gateway is shutting down", code="shutting_down")
         group = self.direct_group(direct_token) if direct_token else self.group
         excluded = frozenset(exclude)
         now = time.monotonic()
@@ -291,40 +291,35 @@ class AccountPool:
         candidates = [a for a in group.accounts if a not in exclude]
         if not candidates:
             if not group.accounts:
-                raise ApiError(
-                    503,
+                raise PoolUnavailable(
                     "no DeepSeek accounts are configured: add accounts to config.json or send your "
                     "own DeepSeek user token as the bearer",
                     code="no_accounts",
                 )
-            raise ApiError(503, "every DeepSeek account was tried for this request", code="accounts_exhausted")
+            raise PoolUnavailable("every DeepSeek account was tried for this request", code="accounts_exhausted")
         recoveries = [a.recovers_at() for a in candidates]
         live = [r for r in recoveries if r is not None]
         if not live:
             reasons = "; ".join(sorted({a.reason for a in candidates if a.reason}))
-            raise ApiError(503, f"every DeepSeek account is disabled ({reasons})", code="accounts_disabled")
+            raise PoolUnavailable(f"every DeepSeek account is disabled ({reasons})", code="accounts_disabled")
         soonest = min(live)
         if soonest > now + timeout:
             wait = str(math.ceil(soonest - now))
             if all(a.health is Health.MUTED for a in candidates if a.recovers_at() is not None):
                 # Restricted for hours by DeepSeek: the service is unavailable, not merely busy.
-                raise ApiError(
-                    503,
+                raise PoolUnavailable(
                     f"every DeepSeek account is muted by DeepSeek; the first is back in {wait} s",
                     code="accounts_muted",
-                    headers=[("Retry-After", wait)],
+                    retry_after=float(wait),
                 )
-            raise ApiError(
-                429,
+            raise PoolResting(
                 f"every DeepSeek account is resting (rate limited); try again in {wait} s",
                 code="accounts_resting",
-                headers=[("Retry-After", wait)],
+                retry_after=float(wait),
             )
 
-    def _too_busy(self, group: Group, message: str) -> ApiError:
-        return ApiError(
-            429, message, code="rate_limit_exceeded", headers=[("Retry-After", str(self.retry_after(group)))]
-        )
+    def _too_busy(self, group: Group, message: str) -> PoolBusy:
+        return PoolBusy(message, code="rate_limit_exceeded", retry_after=float(self.retry_after(group)))
 
     def retry_after(self, group: Group) -> int:
         """Seconds until a new request would likely get an account."""

@@ -20,9 +20,9 @@ from urllib.parse import urlsplit
 
 import h11
 
-from ..api.errors import error_body
 from ..config import ServerConfig
 from .cors import CorsPolicy
+from .errors import ErrorRenderer, HTTPError, plain_error_body
 from .request import Request
 
 HeaderPairs = Iterable[tuple[str, str]]
@@ -115,12 +115,20 @@ class HTTPCore:
         "_h11",
         "_headers",
         "_method",
+        "_render_error",
         "_target",
         "_version",
         "phase",
     )
 
-    def __init__(self, config: ServerConfig, cors: CorsPolicy, client: tuple[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        cors: CorsPolicy,
+        client: tuple[str, int] | None = None,
+        render_error: ErrorRenderer = plain_error_body,
+    ) -> None:
+        self._render_error = render_error
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=config.max_header_bytes)
         self._config = config
         self._cors = cors
@@ -299,7 +307,7 @@ class HTTPCore:
 
         Written without h11: it may follow a parse error, which leaves h11 unable to send.
         """
-        body = error_body(status, message)
+        body = self._render_error(self.path if self._target else "", HTTPError(status, message))
         lines = [
             b"HTTP/1.1 %d %s\r\n" % (status, reason(status)),
             b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body),

@@ -11,8 +11,8 @@ import logging
 import socket
 from typing import TYPE_CHECKING, cast
 
-from ..api.errors import ApiError, error_body
 from .core import Continue, HTTPCore, Phase, Reject
+from .errors import HTTPError
 from .request import Request
 from .responder import Responder
 
@@ -69,7 +69,12 @@ class HTTPConnection(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)
         set_nodelay(transport)
         peer = transport.get_extra_info("peername")
-        self.core = HTTPCore(self._config, self._server.cors, (peer[0], peer[1]) if isinstance(peer, tuple) else None)
+        self.core = HTTPCore(
+            self._config,
+            self._server.cors,
+            (peer[0], peer[1]) if isinstance(peer, tuple) else None,
+            self._server.render_error,
+        )
         self._server.connection_opened(self)
         if self._server.shutting_down:
             self._close()
@@ -200,6 +205,9 @@ class HTTPConnection(asyncio.Protocol):
         self._head_started_at = self._loop.time()  # pipelined bytes may already hold the next head
         self._process_input()
 
+    def _error_body(self, path: str, status: int, message: str, code: str | None = None) -> bytes:
+        return self._server.render_error(path, HTTPError(status, message, code=code))
+
     def _settle_response(self, task: asyncio.Task[None], responder: Responder) -> bool:
         """Make the response complete whatever the handler did; True to close afterwards."""
         request = responder.request
@@ -207,21 +215,21 @@ class HTTPConnection(asyncio.Protocol):
         exc = None if task.cancelled() else task.exception()
         if exc is not None:
             must_close = responder.started
-            if isinstance(exc, ApiError):
+            if isinstance(exc, HTTPError):
                 if responder.started:
                     log.warning("%s %s: error after the response started: %r", request.method, request.path, exc)
                 elif not self.closed:
-                    responder.send(exc.status, exc.body(), headers=exc.headers)
+                    responder.send(exc.status, self._server.render_error(request.path, exc), headers=exc.headers)
             else:
                 log.error("%s %s: handler failed", request.method, request.path, exc_info=exc)
                 if not responder.started and not self.closed:
-                    responder.send(500, error_body(500, "Internal server error"))
+                    responder.send(500, self._error_body(request.path, 500, "Internal server error"))
         elif not responder.started and not self.closed:
             if responder.shutting_down:
-                responder.send(503, error_body(503, "Server is shutting down"))
+                responder.send(503, self._error_body(request.path, 503, "Server is shutting down", "shutting_down"))
             else:
                 log.error("%s %s: handler returned without a response", request.method, request.path)
-                responder.send(500, error_body(500, "Internal server error"))
+                responder.send(500, self._error_body(request.path, 500, "Internal server error"))
         if responder.started and not responder.finished:
             # Cut by an error or the shutdown: still end the body properly.
             must_close = must_close or task.cancelled() or responder.shutting_down

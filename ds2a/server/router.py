@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from urllib.parse import unquote
 
-from ..api.errors import error_body
+from .errors import HTTPError
 from .request import Request
 from .responder import Responder
 from .server import Handler
@@ -96,8 +96,7 @@ class Router:
     async def __call__(self, request: Request, responder: Responder) -> None:
         found = self.resolve(request.path)
         if found is None:
-            responder.send(404, error_body(404, f"Invalid URL ({request.method} {request.path})"))
-            return
+            raise HTTPError(404, f"Invalid URL ({request.method} {request.path})")
         methods, params = found
         handler = methods.get(request.method)
         if handler is None:
@@ -109,8 +108,7 @@ class Router:
         if handler is None:
             allow = allowed_methods(methods)
             message = f"Method {request.method} not allowed for {request.path} (allowed: {allow})"
-            responder.send(405, error_body(405, message, code="method_not_allowed"), headers=[("allow", allow)])
-            return
+            raise HTTPError(405, message, code="method_not_allowed", headers=[("allow", allow)])
         request.params = params
         await handler(request, responder)
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from ..config import ServerConfig
 from .cors import CorsPolicy
+from .errors import ErrorRenderer, plain_error_body
 from .protocol import HTTPConnection
 from .request import Request
 from .responder import Responder
@@ -24,8 +25,15 @@ CLOSE_WAIT_SECONDS = 1.0
 
 
 class HTTPServer:
-    def __init__(self, handler: Handler, config: ServerConfig | None = None) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        config: ServerConfig | None = None,
+        *,
+        render_error: ErrorRenderer = plain_error_body,
+    ) -> None:
         self.handler = handler
+        self.render_error = render_error
         self.config = config or ServerConfig()
         self.cors = CorsPolicy(self.config.cors_origins)
         self._server: asyncio.AbstractServer | None = None

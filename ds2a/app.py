@@ -13,6 +13,7 @@ from ds2a.config import Config
 from ds2a.deepseek import pow as pow_
 from ds2a.deepseek.client import DeepSeekClient
 from ds2a.pool import AccountPool
+from ds2a.relay.core import Relay
 from ds2a.server import HTTPServer, Request, Responder, Router
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,8 @@ class Gateway:
         self.pool = AccountPool(config, self.client)
         self.models = ModelTable.from_config(config.api, config.deepseek)
         self.auth = Authenticator(config.keys, allow_direct_tokens=config.api.allow_direct_tokens)
-        self.chat = ChatHandler(config, self.pool, self.models, self.auth)
+        self.relay = Relay(config, self.pool)
+        self.chat = ChatHandler(config, self.relay, self.models, self.auth)
         self.router = self._routes()
         self.server = HTTPServer(self.router, config.server, render_error=render_openai_error)
 

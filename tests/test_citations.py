@@ -7,7 +7,7 @@ import itertools
 import pytest
 from openai_schema import validate as schema_validate
 
-from ds2a.api.citations import MAX_MARKER, CitationRewriter
+from ds2a.relay.citations import MAX_MARKER, CitationRewriter
 
 A = ("https://a.example/x", "Page A")
 B = ("https://b.example/y", "Page B")

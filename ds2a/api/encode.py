@@ -23,7 +23,7 @@ from json.encoder import encode_basestring, encode_basestring_ascii  # C impleme
 from typing import Any
 
 DONE = b"data: [DONE]\n\n"
-FINISH_REASONS = frozenset({"stop", "length", "content_filter", "tool_calls"})
+FINISH_REASONS = frozenset({"stop", "length", "content_filter", "tool_calls", "function_call"})
 
 _ID_ALPHABET = string.ascii_letters + string.digits
 
@@ -96,6 +96,24 @@ class ChunkEncoder:
     def reasoning(self, text: str) -> bytes:
         return self._reasoning_head + _quote(text) + self._tail
 
+    def delta(self, delta: dict[str, Any]) -> bytes:
+        """A chunk with any other delta (tool calls); not on the plain-text hot path."""
+        return b"data: " + self._envelope + b',"choices":[{"index":0,"delta":' + _dumps(delta) + self._tail[1:]
+
+    def tool_call_start(self, index: int, call_id: str, name: str) -> bytes:
+        call = {"index": index, "id": call_id, "type": "function", "function": {"name": name, "arguments": ""}}
+        return self.delta({"tool_calls": [call]})
+
+    def tool_call_arguments(self, index: int, fragment: str) -> bytes:
+        return self.delta({"tool_calls": [{"index": index, "function": {"arguments": fragment}}]})
+
+    def function_call_start(self, name: str) -> bytes:
+        """The legacy ``functions`` API: one call, no id."""
+        return self.delta({"function_call": {"name": name, "arguments": ""}})
+
+    def function_call_arguments(self, fragment: str) -> bytes:
+        return self.delta({"function_call": {"arguments": fragment}})
+
     def finish(self, reason: str, annotations: list[dict[str, Any]] | None = None) -> bytes:
         """The only chunk with a finish_reason; citations ride along as delta.annotations."""
         if reason not in FINISH_REASONS:
@@ -134,17 +152,25 @@ def completion_body(
     completion_tokens: int = 0,
     reasoning_tokens: int = 0,
     annotations: list[dict[str, Any]] | None = None,
+    tool_calls: list[dict[str, Any]] | None = None,
+    function_call: dict[str, Any] | None = None,
 ) -> bytes:
     """A non-stream ``chat.completion``. ``reasoning`` None leaves out reasoning_content
-    (non-thinking models); an empty string keeps it, as DeepSeek's API does for reasoners."""
+    (non-thinking models); an empty string keeps it, as DeepSeek's API does for reasoners.
+    With tool calls and no text, ``content`` is null, as in OpenAI's answers."""
     if finish_reason not in FINISH_REASONS:
         raise ValueError(f"unknown finish reason {finish_reason!r}")
-    message: dict[str, Any] = {"role": "assistant", "content": content}
+    calling = bool(tool_calls or function_call)
+    message: dict[str, Any] = {"role": "assistant", "content": content or (None if calling else content)}
     if reasoning is not None:
         message["reasoning_content"] = reasoning
     message["refusal"] = None
     if annotations:
         message["annotations"] = annotations
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    if function_call:
+        message["function_call"] = function_call
     body = {
         "id": completion_id,
         "object": "chat.completion",

@@ -3,26 +3,36 @@
 The gateway accepts what OpenAI's API accepts as far as the web chat can honour it,
 and refuses with a 400 naming the field (``param`` as a JSON path such as
 ``messages[2].content[0]``) what it cannot: images, audio and files, ``n`` > 1,
-log probabilities, and requests that force a tool call. Sampling parameters
-(temperature, penalties, seed, …) are type-checked and then ignored, since the
-web chat has no such knobs; unknown fields are ignored as OpenAI's SDKs add new
-ones faster than gateways follow.
+log probabilities. Sampling parameters (temperature, penalties, seed, …) are
+type-checked and then ignored, since the web chat has no such knobs; unknown
+fields are ignored as OpenAI's SDKs add new ones faster than gateways follow.
 
-Messages come out normalised to ``(role, text)`` pairs for the prompt builder,
-roles ``system``/``developer``/``user``/``assistant``/``tool`` (legacy
-``function`` messages become ``tool``); tool calls and tool results are rendered
-as text by ``ds2a.deepseek.prompt``.
+The request comes out as the relay's ``Conversation``: messages of typed parts
+(text, the assistant's tool calls, tool results; legacy ``function`` messages are
+tool results too), the function tools offered (``tools`` and the legacy
+``functions``), the tool choice and the output format (``response_format``).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from ds2a.api.errors import ApiError
 from ds2a.api.models import ModelSpec, ModelTable
-from ds2a.deepseek.prompt import render_tool_calls, render_tool_result
+from ds2a.relay.conversation import (
+    Conversation,
+    Message,
+    OutputFormat,
+    Part,
+    Text,
+    Tool,
+    ToolCall,
+    ToolChoice,
+    ToolResult,
+)
 
 MAX_STOPS = 4
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
@@ -46,11 +56,9 @@ _IGNORED: dict[str, tuple[tuple[type, ...], str]] = {
     "reasoning_effort": _STRING,
     "verbosity": _STRING,
     "metadata": _OBJECT,
-    "response_format": _OBJECT,
     "logit_bias": _OBJECT,
     "web_search_options": _OBJECT,
     "prediction": _OBJECT,
-    "parallel_tool_calls": _BOOLEAN,
     "store": _BOOLEAN,
 }
 
@@ -59,11 +67,12 @@ _IGNORED: dict[str, tuple[tuple[type, ...], str]] = {
 class ChatRequest:
     model: str  # the name the client sent (an alias stays an alias)
     spec: ModelSpec
-    messages: list[tuple[str, str]]
+    conversation: Conversation
     stream: bool = False
     include_usage: bool = False
     max_tokens: int | None = None  # the smaller of max_tokens and max_completion_tokens
     stop: list[str] = field(default_factory=list)
+    legacy_functions: bool = False  # offered as ``functions``: answer with ``function_call``
 
 
 def parse_chat_request(body: bytes, models: ModelTable) -> ChatRequest:
@@ -71,17 +80,22 @@ def parse_chat_request(body: bytes, models: ModelTable) -> ChatRequest:
     data = _load(body)
     model = _require(data, "model", str, "a string")
     messages = _messages(data)
+    tools = _tools(data)
+    choice = _tool_choice(data, tools)
+    output = _response_format(data)
+    parallel = _optional(data, "parallel_tool_calls", (bool,), "a boolean")
     stream = bool(_optional(data, "stream", (bool,), "a boolean"))
     include_usage = _include_usage(data)
     max_tokens = _max_tokens(data)
     stop = _stops(data)
     _check_n(data)
     _check_logprobs(data)
-    _check_tools(data)
     _check_ignored(data)
     # Last, so a malformed request is told what is wrong with it before it is told the model is unknown.
     spec = models.resolve(model)
-    return ChatRequest(model, spec, messages, stream, include_usage, max_tokens, stop)
+    legacy = data.get("tools") is None and data.get("functions") is not None
+    conversation = Conversation(messages, tools, choice, parallel is not False and not legacy, output)
+    return ChatRequest(model, spec, conversation, stream, include_usage, max_tokens, stop, legacy)
 
 
 # --- helpers -------------------------------------------------------------------------
@@ -160,15 +174,14 @@ def _optional(data: dict[str, Any], key: str, types: tuple[type, ...], expected:
 # --- messages --------------------------------------------------------------------------
 
 
-def _messages(data: dict[str, Any]) -> list[tuple[str, str]]:
+def _messages(data: dict[str, Any]) -> list[Message]:
     raw = _require(data, "messages", list, "an array")
     if not raw:
         _fail("Invalid 'messages': empty array. Expected an array with minimum length 1.", "messages", "empty_array")
-    call_names: dict[str, str] = {}  # tool_call_id -> function name, to label tool results
-    return [_message(f"messages[{i}]", m, call_names) for i, m in enumerate(raw)]
+    return [_message(f"messages[{i}]", m) for i, m in enumerate(raw)]
 
 
-def _message(path: str, msg: Any, call_names: dict[str, str]) -> tuple[str, str]:
+def _message(path: str, msg: Any) -> Message:
     if not isinstance(msg, dict):
         _wrong_type(path, "an object", msg)
     role = msg.get("role")
@@ -184,11 +197,14 @@ def _message(path: str, msg: Any, call_names: dict[str, str]) -> tuple[str, str]
             "invalid_value",
         )
     if role == "assistant":
-        return "assistant", _assistant_text(path, msg, call_names)
+        return Message("assistant", _assistant_parts(path, msg))
     text = _content(path, msg, required=True)
-    if role in ("tool", "function"):
-        return "tool", _tool_text(path, role, msg, text, call_names)
-    return role, text
+    if role == "tool":
+        call_id = _text_field(msg, "tool_call_id", f"{path}.tool_call_id")
+        return Message("tool", [ToolResult(call_id, None, text)])
+    if role == "function":  # the legacy form of a tool result: named, no id
+        return Message("tool", [ToolResult("", _text_field(msg, "name", f"{path}.name") or None, text)])
+    return Message(role, [Text(text)])  # type: ignore[arg-type]
 
 
 def _content(path: str, msg: dict[str, Any], *, required: bool) -> str:
@@ -226,20 +242,19 @@ def _part_text(path: str, part: Any) -> str:
     _fail(f"Invalid value for '{path}.type': {kind!r}. Supported values are: 'text'.", f"{path}.type", "invalid_value")
 
 
-def _assistant_text(path: str, msg: dict[str, Any], call_names: dict[str, str]) -> str:
+def _assistant_parts(path: str, msg: dict[str, Any]) -> list[Part]:
     # Content may be null when the assistant only called tools or refused.
     text = _content(path, msg, required=False)
     refusal = _optional(msg, "refusal", (str,), "a string", f"{path}.refusal")
     if not text and refusal:
         text = refusal
-    calls = _tool_calls(path, msg, call_names)
-    if calls:
-        text = f"{text}\n{calls}" if text else calls
-    return text
+    parts: list[Part] = [Text(text)]
+    parts.extend(_tool_calls(path, msg))
+    return parts
 
 
-def _tool_calls(path: str, msg: dict[str, Any], call_names: dict[str, str]) -> str:
-    calls: list[tuple[str, str, str]] = []
+def _tool_calls(path: str, msg: dict[str, Any]) -> list[ToolCall]:
+    calls: list[ToolCall] = []
     raw = _optional(msg, "tool_calls", (list,), "an array", f"{path}.tool_calls") or []
     for k, call in enumerate(raw):
         where = f"{path}.tool_calls[{k}]"
@@ -253,14 +268,12 @@ def _tool_calls(path: str, msg: dict[str, Any], call_names: dict[str, str]) -> s
         name = _text_field(body, "name", f"{where}.{kind}.name")
         args = body.get("arguments", body.get("input")) or ""
         # Some clients send parsed arguments; the model only needs to read them.
-        calls.append((call_id, name, args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)))
-        if call_id:
-            call_names[call_id] = name
+        calls.append(ToolCall(call_id, name, args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)))
     legacy = _optional(msg, "function_call", (dict,), "an object", f"{path}.function_call")
     if legacy:
         name = _text_field(legacy, "name", f"{path}.function_call.name")
-        calls.append(("", name, _text_field(legacy, "arguments", f"{path}.function_call.arguments")))
-    return render_tool_calls(calls)
+        calls.append(ToolCall("", name, _text_field(legacy, "arguments", f"{path}.function_call.arguments")))
+    return calls
 
 
 def _text_field(obj: dict[str, Any], key: str, path: str) -> str:
@@ -270,13 +283,6 @@ def _text_field(obj: dict[str, Any], key: str, path: str) -> str:
     if not isinstance(value, str):
         _wrong_type(path, "a string", value)
     return value
-
-
-def _tool_text(path: str, role: str, msg: dict[str, Any], text: str, call_names: dict[str, str]) -> str:
-    if role == "function":
-        return render_tool_result(_text_field(msg, "name", f"{path}.name") or None, None, text)
-    call_id = _text_field(msg, "tool_call_id", f"{path}.tool_call_id")
-    return render_tool_result(call_names.get(call_id), call_id or None, text)
 
 
 # --- parameters ------------------------------------------------------------------------
@@ -362,46 +368,193 @@ def _check_logprobs(data: dict[str, Any]) -> None:
         )
 
 
-def _check_tools(data: dict[str, Any]) -> None:
-    # Tools are accepted and never called: the web chat has no function calling, so only a
-    # request that *forces* a call is refused.
-    for key in ("tools", "functions"):
-        tools = _optional(data, key, (list,), "an array")
-        for k, tool in enumerate(tools or []):
-            if not isinstance(tool, dict):
-                _wrong_type(f"{key}[{k}]", "an object", tool)
-    choice = _optional(data, "tool_choice", (str, dict), "a string or an object")
-    if isinstance(choice, str) and choice not in ("none", "auto", "required"):
+# --- tools and output format ------------------------------------------------------------
+
+_TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _tools(data: dict[str, Any]) -> list[Tool]:
+    """``tools`` (function tools) and the legacy ``functions``, as one list."""
+    tools: list[Tool] = []
+    for k, tool in enumerate(_optional(data, "tools", (list,), "an array") or []):
+        where = f"tools[{k}]"
+        if not isinstance(tool, dict):
+            _wrong_type(where, "an object", tool)
+        kind = tool.get("type", "function")
+        if kind != "function":
+            _fail(
+                f"Invalid value for '{where}.type': {kind!r}. This gateway supports function tools only.",
+                f"{where}.type",
+                "invalid_value",
+            )
+        function = tool.get("function")
+        if not isinstance(function, dict):
+            if function is None:
+                _fail(f"Missing required parameter: '{where}.function'.", f"{where}.function", "missing_required_parameter")
+            _wrong_type(f"{where}.function", "an object", function)
+        tools.append(_function(f"{where}.function", function))
+    for k, function in enumerate(_optional(data, "functions", (list,), "an array") or []):
+        if not isinstance(function, dict):
+            _wrong_type(f"functions[{k}]", "an object", function)
+        tools.append(_function(f"functions[{k}]", function))
+    seen: set[str] = set()
+    for tool in tools:
+        if tool.name in seen:
+            _fail(f"Invalid 'tools': the function name {tool.name!r} is used twice.", "tools", "invalid_value")
+        seen.add(tool.name)
+    return tools
+
+
+def _function(path: str, function: dict[str, Any]) -> Tool:
+    name = function.get("name")
+    if name is None:
+        _fail(f"Missing required parameter: '{path}.name'.", f"{path}.name", "missing_required_parameter")
+    if not isinstance(name, str):
+        _wrong_type(f"{path}.name", "a string", name)
+    if not _TOOL_NAME.fullmatch(name):
         _fail(
-            f"Invalid value for 'tool_choice': {choice!r}. Supported values are: 'none', 'auto' and 'required'.",
-            "tool_choice",
+            f"Invalid '{path}.name': {name!r} does not match '^[a-zA-Z0-9_-]{{1,64}}$'.",
+            f"{path}.name",
             "invalid_value",
         )
-    if _forces_call(choice):
-        _fail(
-            "Unsupported value: 'tool_choice' forces a tool call, but this gateway cannot call tools "
-            "(the DeepSeek web chat has no function calling). Use 'auto' or 'none'.",
-            "tool_choice",
-            "unsupported_value",
-        )
+    description = _optional(function, "description", (str,), "a string", f"{path}.description") or ""
+    parameters = _optional(function, "parameters", (dict,), "an object", f"{path}.parameters")
+    strict = _optional(function, "strict", (bool,), "a boolean", f"{path}.strict")
+    tool = Tool(name, description, strict=bool(strict))
+    if parameters is not None:
+        tool.parameters = parameters
+    return tool
+
+
+def _tool_choice(data: dict[str, Any], tools: list[Tool]) -> ToolChoice:
+    choice = _optional(data, "tool_choice", (str, dict), "a string or an object")
     legacy = _optional(data, "function_call", (str, dict), "a string or an object")
-    if isinstance(legacy, dict):
+    if choice is None and legacy is not None:
+        return _legacy_choice(legacy, tools)
+    if choice is None:
+        return ToolChoice()
+    if isinstance(choice, str):
+        if choice not in ("none", "auto", "required"):
+            _fail(
+                f"Invalid value for 'tool_choice': {choice!r}. Supported values are: 'none', 'auto' and 'required'.",
+                "tool_choice",
+                "invalid_value",
+            )
+        result = ToolChoice(choice)  # type: ignore[arg-type]
+    elif choice.get("type") == "allowed_tools":
+        result = _allowed_tools(choice, tools)
+    else:
+        kind = choice.get("type")
+        if kind != "function":
+            _fail(
+                f"Invalid value for 'tool_choice.type': {kind!r}. Supported values are: 'function' and 'allowed_tools'.",
+                "tool_choice.type",
+                "invalid_value",
+            )
+        function = choice.get("function")
+        if not isinstance(function, dict):
+            _wrong_type("tool_choice.function", "an object", function)
+        name = function.get("name")
+        if not isinstance(name, str):
+            _wrong_type("tool_choice.function.name", "a string", name)
+        result = ToolChoice("tool", name)
+    _check_choice_names(result, tools, "tool_choice")
+    return result
+
+
+def _legacy_choice(legacy: str | dict[str, Any], tools: list[Tool]) -> ToolChoice:
+    if isinstance(legacy, str):
+        if legacy not in ("none", "auto"):
+            _fail(
+                f"Invalid value for 'function_call': {legacy!r}. Supported values are: 'none' and 'auto'.",
+                "function_call",
+                "invalid_value",
+            )
+        return ToolChoice(legacy)  # type: ignore[arg-type]
+    name = legacy.get("name")
+    if not isinstance(name, str):
+        _wrong_type("function_call.name", "a string", name)
+    result = ToolChoice("tool", name)
+    _check_choice_names(result, tools, "function_call")
+    return result
+
+
+def _allowed_tools(choice: dict[str, Any], tools: list[Tool]) -> ToolChoice:
+    allowed = choice.get("allowed_tools")
+    if not isinstance(allowed, dict):
+        _wrong_type("tool_choice.allowed_tools", "an object", allowed)
+    mode = allowed.get("mode", "auto")
+    if mode not in ("auto", "required"):
         _fail(
-            "Unsupported value: 'function_call' names a function to call, but this gateway cannot call functions.",
-            "function_call",
-            "unsupported_value",
+            f"Invalid value for 'tool_choice.allowed_tools.mode': {mode!r}. Supported values are: 'auto' and 'required'.",
+            "tool_choice.allowed_tools.mode",
+            "invalid_value",
         )
+    names: list[str] = []
+    for k, entry in enumerate(allowed.get("tools") or []):
+        function = entry.get("function") if isinstance(entry, dict) else None
+        name = function.get("name") if isinstance(function, dict) else None
+        if not isinstance(name, str):
+            _wrong_type(f"tool_choice.allowed_tools.tools[{k}].function.name", "a string", name)
+        names.append(name)
+    offered = {t.name for t in tools}
+    for k, name in enumerate(names):
+        if name not in offered:
+            _unknown_tool(name, f"tool_choice.allowed_tools.tools[{k}]")
+    # Only the allowed tools are shown to the model: the others do not exist for this turn.
+    if names:
+        tools[:] = [t for t in tools if t.name in names]
+    return ToolChoice(mode)
 
 
-def _forces_call(choice: Any) -> bool:
-    if choice == "required":
-        return True
-    if isinstance(choice, dict):
-        if choice.get("type") == "allowed_tools":
-            allowed = choice.get("allowed_tools")
-            return isinstance(allowed, dict) and allowed.get("mode") == "required"
-        return True  # {"type": "function"|"custom", ...} names one tool
-    return False
+def _check_choice_names(choice: ToolChoice, tools: list[Tool], param: str) -> None:
+    if choice.forces_call and not tools:
+        _fail(
+            f"Invalid value for '{param}': a tool call is required, but no 'tools' are specified.",
+            param,
+            "invalid_value",
+        )
+    if choice.mode == "tool" and choice.name not in {t.name for t in tools}:
+        _unknown_tool(choice.name or "", param)
+
+
+def _unknown_tool(name: str, param: str) -> NoReturn:
+    _fail(f"Invalid value for '{param}': no function named {name!r} is in 'tools'.", param, "invalid_value")
+
+
+def _response_format(data: dict[str, Any]) -> OutputFormat:
+    fmt = _optional(data, "response_format", (dict,), "an object")
+    if fmt is None:
+        return OutputFormat()
+    kind = fmt.get("type")
+    if kind == "text":
+        return OutputFormat()
+    if kind == "json_object":
+        return OutputFormat("json_object")
+    if kind == "json_schema":
+        spec = fmt.get("json_schema")
+        if not isinstance(spec, dict):
+            if spec is None:
+                _fail(
+                    "Missing required parameter: 'response_format.json_schema'.",
+                    "response_format.json_schema",
+                    "missing_required_parameter",
+                )
+            _wrong_type("response_format.json_schema", "an object", spec)
+        name = spec.get("name")
+        if not isinstance(name, str):
+            _wrong_type("response_format.json_schema.name", "a string", name)
+        schema = _optional(spec, "schema", (dict,), "an object", "response_format.json_schema.schema")
+        strict = _optional(spec, "strict", (bool,), "a boolean", "response_format.json_schema.strict")
+        return OutputFormat("json_schema", schema or {}, name, bool(strict))
+    if not isinstance(kind, str):
+        _wrong_type("response_format.type", "a string", kind)
+    _fail(
+        f"Invalid value for 'response_format.type': {kind!r}. Supported values are: 'text', 'json_object' "
+        "and 'json_schema'.",
+        "response_format.type",
+        "invalid_value",
+    )
 
 
 def _check_ignored(data: dict[str, Any]) -> None:

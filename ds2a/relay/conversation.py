@@ -16,7 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-Role = Literal["system", "user", "assistant", "tool"]
+# "developer" is a system message too; it keeps its own name so that a system message
+# followed by a developer message stay two blocks of the prompt, as the client wrote them.
+Role = Literal["system", "developer", "user", "assistant", "tool"]
 
 
 @dataclass(slots=True)

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 
 class StopMatcher:
-    __slots__ = ("_stops", "_longest", "_partial", "_held", "_hit")
+    __slots__ = ("_stops", "_longest", "_partial", "_held", "_hit", "matched")
 
     def __init__(self, stops: Iterable[str] = ()) -> None:
         self._stops = tuple(dict.fromkeys(s for s in stops if s))
@@ -26,6 +26,7 @@ class StopMatcher:
         self._partial = re.compile(f"(?:{pattern})\\Z", re.DOTALL) if prefixes else None
         self._held = ""
         self._hit = False
+        self.matched: str | None = None  # the stop sequence that ended the text
 
     @property
     def active(self) -> bool:
@@ -57,8 +58,11 @@ class StopMatcher:
         return "" if self._hit else held
 
     def _first_stop(self, buf: str) -> int:
-        positions = [p for p in (buf.find(s) for s in self._stops) if p >= 0]
-        return min(positions, default=-1)
+        found = [(p, s) for s in self._stops if (p := buf.find(s)) >= 0]
+        if not found:
+            return -1
+        position, self.matched = min(found, key=lambda hit: hit[0])
+        return position
 
     def _partial_suffix(self, buf: str) -> int:
         """Length of the longest end of ``buf`` that is a proper beginning of a stop sequence."""

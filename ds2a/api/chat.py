@@ -146,7 +146,9 @@ class ChatHandler:
     async def __call__(self, request: Request, responder: Responder) -> None:
         caller = self.auth(request.headers)
         chat = parse_chat_request(request.body, self.models)
-        generation = Generation(chat.conversation, chat.spec, chat.stop, chat.max_tokens, caller.direct_token)
+        generation = Generation(
+            chat.conversation, chat.spec, chat.stop, chat.max_tokens, caller.direct_token, stream=chat.stream
+        )
         answer = await self._open(generation)
         try:
             if chat.stream:

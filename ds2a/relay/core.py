@@ -58,6 +58,7 @@ class Generation:
     stop: list[str] = field(default_factory=list)
     max_tokens: int | None = None
     direct_token: str | None = None  # a caller's own DeepSeek token instead of the pool
+    stream: bool = True  # False: nothing is shown before the end, so a JSON answer can be checked and retried
 
 
 class Relay:
@@ -141,6 +142,7 @@ class RelayAnswer:
             citation_mode=self.relay.config.api.citations,
             stops=generation.stop,
             conversation=conversation,
+            stream=generation.stream,
         )
         state = _State()
         await self._relay(state, chain, sink)

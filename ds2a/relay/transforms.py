@@ -27,7 +27,7 @@ class TextChain:
     __slots__ = (
         "sink", "citations", "stops", "tools", "json", "conversation",
         "text", "reasoning", "finished", "finish_reason", "delivered", "chars",
-        "tool_calls", "retried", "_sink_text",
+        "tool_calls", "retried", "search", "citation_mode", "stop_list", "_sink_text", "_flushed",
     )
 
     def __init__(
@@ -38,13 +38,18 @@ class TextChain:
         citation_mode: str,
         stops: list[str],
         conversation: Conversation,
+        stream: bool = True,
     ) -> None:
         self.sink = sink
         self.conversation = conversation
+        self.search = search
+        self.citation_mode = citation_mode
+        self.stop_list = stops
         self.citations = CitationRewriter(citation_mode) if search else None
         self.stops = StopMatcher(stops)
         self.tools = _tool_stage(conversation)
-        self.json = _json_stage(conversation)
+        self.json = _json_stage(conversation, stream)
+        self._flushed = False
         self.finished = False  # the text is complete (a stop sequence): stop reading
         self.finish_reason: str | None = None
         self.delivered = 0  # characters given to sink.text
@@ -120,36 +125,39 @@ class TextChain:
     # --- end of the answer ----------------------------------------------------
 
     def needs_retry(self, finish_reason: str | None) -> bool:
-        """A forced tool call that did not come, or non-stream JSON that does not match its
-        schema: worth one more upstream answer, once, and only before anything was shown."""
+        """A forced tool call that did not come, or checked JSON that is not valid: worth
+        one more upstream answer, once, and only when nothing of this one was shown."""
         if self.retried or finish_reason in ("length", "content_filter"):
             return False
+        self._flush_all()
         if self.tools is not None and self.tools.forced and not self.tool_calls:
-            self._flush_stages()
             return not self.tools.shown
-        return False
+        return self.json is not None and self.json.error is not None
 
     def correction(self) -> str:
-        assert self.tools is not None
-        return self.tools.correction()
+        """The instruction that tells the model what was wrong with its first answer."""
+        if self.tools is not None:
+            return self.tools.correction()
+        assert self.json is not None
+        return self.json.correction()
 
     def restart(self) -> None:
+        """Fresh stages for the retried answer (nothing of the first one was shown)."""
         self.retried = True
         self.finished = False
         self.finish_reason = None
+        self._flushed = False
+        self.citations = CitationRewriter(self.citation_mode) if self.search else None
+        self.stops = StopMatcher(self.stop_list)
         if self.tools is not None:
             self.tools.restart()
+        if self.json is not None:
+            self.json.restart()
 
     def finish(self) -> DeepSeekError | None:
         """Flush every stage into the sink; an error when the answer breaks a promise
-        (a required tool call that never came)."""
-        if not self.stops.hit:
-            self._flush_stages()
-        if self.json is not None:
-            tail = self.json.flush()
-            if tail:
-                self.delivered += len(tail)
-                self._sink_text(tail)
+        (a required tool call that never came, JSON that never matched its schema)."""
+        self._flush_all()
         self.sink.flush()
         if self.tool_calls:
             self.finish_reason = "tool_calls"
@@ -160,7 +168,26 @@ class TextChain:
                 "the model answered without calling a tool although tool_choice requires one "
                 "(after one corrective retry)",
             )
+        if self.json is not None and self.json.error is not None:
+            return DeepSeekError(
+                ErrorKind.UPSTREAM,
+                f"the model's answer is not valid for the requested format (after one corrective retry): "
+                f"{self.json.error}",
+            )
         return None
+
+    def _flush_all(self) -> None:
+        if self._flushed:
+            return
+        self._flushed = True
+        if not self.stops.hit:
+            # Nothing after a stop sequence, not even a citation the rewriter still held back.
+            self._flush_stages()
+        if self.json is not None:
+            tail = self.json.flush()
+            if tail:
+                self.delivered += len(tail)
+                self._sink_text(tail)
 
     def _flush_stages(self) -> None:
         tail = self.citations.flush() if self.citations is not None else ""
@@ -198,9 +225,9 @@ def _tool_stage(conversation: Conversation) -> Any:
     return ToolStage(conversation)
 
 
-def _json_stage(conversation: Conversation) -> Any:
+def _json_stage(conversation: Conversation, stream: bool) -> Any:
     if not conversation.output.is_json or conversation.uses_tools:
         return None
     from ds2a.relay.toolstage import JsonStage
 
-    return JsonStage(conversation.output)
+    return JsonStage(conversation.output, check=not stream)

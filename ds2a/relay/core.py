@@ -32,7 +32,7 @@ from ds2a.pool import AccountPool
 from ds2a.pool.dispatch import UpstreamStream, open_stream
 from ds2a.pool.errors import PoolError
 from ds2a.relay.answer import Annotation, AnswerSink, Outcome
-from ds2a.relay.conversation import Conversation, Message, Text
+from ds2a.relay.conversation import Conversation
 from ds2a.relay.prompt import render_prompt
 from ds2a.relay.transforms import TextChain
 from ds2a.relay.usage import count_prompt_tokens
@@ -66,8 +66,8 @@ class Relay:
         self.config = config
         self.pool = pool
 
-    def render(self, conversation: Conversation) -> str:
-        return render_prompt(conversation, self.config.api.prompt_template)
+    def render(self, conversation: Conversation, correction: str | None = None) -> str:
+        return render_prompt(conversation, self.config.api.prompt_template, correction=correction)
 
     def count_tokens(self, conversation: Conversation) -> int:
         return count_prompt_tokens(self.render(conversation), self.config.api.prompt_tokens)
@@ -156,16 +156,9 @@ class RelayAnswer:
         correction = chain.correction()
         log.info("answer on %s needs a retry: %s", self.account_label, correction)
         self.upstream.close()
-        conversation = self.generation.conversation
-        retry = Conversation(
-            [*conversation.messages, Message("user", [Text(correction)])],
-            conversation.tools,
-            conversation.tool_choice,
-            conversation.parallel_tool_calls,
-            conversation.output,
-        )
+        prompt = self.relay.render(self.generation.conversation, correction)
         try:
-            self.upstream = await self.relay._start(self.generation, self.relay.render(retry))
+            self.upstream = await self.relay._start(self.generation, prompt)
         except DeepSeekError as exc:
             state.error = exc
             return

@@ -11,7 +11,7 @@ from ds2a.deepseek.prompt import build_prompt, render_tool_calls, render_tool_re
 from ds2a.relay.conversation import Conversation, Reasoning, Text, ToolCall, ToolResult
 
 
-def render_prompt(conversation: Conversation, template: str = "deepseek") -> str:
+def render_prompt(conversation: Conversation, template: str = "deepseek", *, correction: str | None = None) -> str:
     pairs: list[tuple[str, str]] = []
     names: dict[str, str] = {}
     for message in conversation.messages:

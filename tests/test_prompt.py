@@ -1,4 +1,7 @@
-"""Prompt flattening (protocol doc §11.1): the doc's example byte for byte, merging, tools, images."""
+"""Prompt flattening (protocol doc §11.1): the doc's example byte for byte, merging, tools, images.
+
+The templates live in ``ds2a.relay.prompt``; ``ds2a.deepseek.prompt`` re-exports them for older callers.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ import re
 import pytest
 from conftest import shared_path
 
-from ds2a.deepseek.prompt import build_prompt, render_tool_calls, render_tool_result
+from ds2a.relay.prompt import build_prompt, render_tool_calls, render_tool_result
 
 DOC_MESSAGES = [("system", "Be brief"), ("user", "Hi"), ("assistant", "Hello"), ("user", "2+2?")]
 DOC_PROMPT = "Be brief<｜User｜>Hi<｜Assistant｜>Hello<｜end▁of▁sentence｜><｜User｜>2+2?"
@@ -126,3 +129,10 @@ def test_render_tool_calls() -> None:
 )
 def test_render_tool_result(name: str | None, call_id: str | None, expected: str) -> None:
     assert render_tool_result(name, call_id, "18C") == expected
+
+
+def test_the_old_import_path_names_the_same_functions() -> None:
+    from ds2a.deepseek import prompt as old
+
+    assert (old.build_prompt, old.render_tool_calls, old.render_tool_result) == (
+        build_prompt, render_tool_calls, render_tool_result)

@@ -95,8 +95,8 @@ class _Reader:
             self.i = word.end()
             if word.group() in _LITERALS:
                 return _LITERALS[word.group()]
-            if word.group() in ("NaN", "Infinity"):
-                raise self.fail(f"{word.group()} is not JSON")
+            if word.group() in ("NaN", "Infinity") or context == _TOP:
+                raise self.fail(f"{word.group()!r} is not JSON")
             return word.group()  # an unquoted word: the schema decides whether a string fits
         raise self.fail(f"unexpected {c!r}")
 

@@ -139,10 +139,10 @@ class JsonFenceStripper:
         return body
 
     def _body(self, buf: str) -> str:
-        keep = len(buf.rstrip(_HOLD))
-        tail = buf[keep:]
-        if _CLOSING.search(tail):
+        closing = _CLOSING.search(buf)
+        if closing:
             self._state = _END
-            return buf[:keep]
-        self._held = tail
+            return buf[: closing.start()].rstrip(_HOLD)
+        keep = len(buf.rstrip(_HOLD))
+        self._held = buf[keep:]
         return buf[:keep]

@@ -16,7 +16,7 @@ import random
 from dataclasses import dataclass
 from typing import Protocol
 
-from ds2a.sim import directives
+from ds2a.sim import directives, tools
 
 VOCAB: tuple[str, ...] = (
     " the", " stream", " of", " tokens", " gateway", " upstream", " frame", " and", " is",
@@ -214,6 +214,11 @@ def plan_for(prompt: str, thinking: bool, search: bool, sizes: Sizes) -> Plan:
     answer = _answer(rng, prompt, sizes, searches, opens) if search else (
         answer_prefix(prompt), *_tokens(rng, max(1, sizes.answer_tokens) - 1)
     )
+    script = tools.script_for(prompt, thinking)  # a prompt in ds2a's tool/JSON convention
+    if script is not None:
+        answer = script.answer_tokens()
+        if think_blocks and script.reasoning:
+            think_blocks[0] += script.reasoning_tokens()
     return Plan(
         thinking=thinking,
         search=search,

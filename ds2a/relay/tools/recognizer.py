@@ -56,13 +56,16 @@ class _Scanner:
 
     def feed(self, text: str) -> Output:
         mode = self.mode
-        if (mode < CALL and not self._held and "<" not in text and "\uff1c" not in text
-                and "`" not in text and "~" not in text):
-            # The fast path: nothing in this piece can start a marker or a fence (a fence
-            # can still close at a newline here, but then no marker follows in this piece).
-            if self._head is not None or "\n" in text:
+        if mode < CALL and not self._held:
+            # The fast paths: nothing in this piece can start a marker, open or close a fence.
+            if self._head is None and "\n" not in text:
+                # Mid-line, where fence characters mean nothing; only an opener in text mode does.
+                if mode == FENCE or ("<" not in text and "\uff1c" not in text):
+                    return [text] if text else []
+            elif "<" not in text and "\uff1c" not in text and "`" not in text and "~" not in text:
+                # A fence may still close at a newline here, but no marker follows in this piece.
                 self._lines(text)
-            return [text] if text else []
+                return [text] if text else []
         if mode == DONE:
             return []
         return self._scan(self._held + text, final=False)
@@ -95,6 +98,9 @@ class _Scanner:
             start = nl + 1
 
     def _push_head(self, piece: str, line_end: bool = False) -> None:
+        if not self._head and piece and piece[0] not in " `~":
+            self._head = None  # the common case: a line that starts with a word
+            return
         head = (self._head or "") + piece
         rest = head.lstrip(" ")
         if len(head) - len(rest) > 3:
@@ -313,15 +319,15 @@ class ReasoningFilter(_Scanner):
     def _result_marker(self) -> None:
         pass  # an invented result in the thoughts: only its markers go
 
-    def feed(self, text: str) -> list[str]:  # type: ignore[override]
-        return [piece for piece in super().feed(text) if type(piece) is str]  # type: ignore[misc]
+    # feed() is inherited: _finish never adds a call, so every piece out is text.
 
-    def flush(self) -> list[str]:  # type: ignore[override]
+    def flush(self) -> Output:
         held, self._held = self._held, ""
         out = self._scan(held, final=True) if held else []
-        self._body = []
-        self.mode = TEXT if self.mode == CALL else self.mode
-        return [piece for piece in out if type(piece) is str]  # type: ignore[misc]
+        self._body = []  # an unclosed call in the thoughts: dropped
+        if self.mode == CALL:
+            self.mode = TEXT
+        return out
 
 
 def strip_calls(reasoning: str) -> str:

@@ -46,7 +46,9 @@ fire again on chat/continue:
 - ``[[sim:invalid_session]]``: answer the biz_code 1 "invalid chat session id" body;
 - ``[[sim:tokens=N]]``, ``[[sim:thinking_tokens=N]]``: answer / reasoning length
   (they change the text, and ``expected()`` honours them);
-- ``[[sim:chunk=N]]``, ``[[sim:delay=S]]``, ``[[sim:first_delay=S]]``: framing and pace.
+- ``[[sim:chunk=N]]``, ``[[sim:delay=S]]``, ``[[sim:first_delay=S]]``: framing and pace;
+- ``[[sim:tool_mess=a,b]]``, ``[[sim:tool_mess_stubborn]]``, ``[[sim:args={…}]]``: how a
+  prompt in ds2a's tool/JSON convention is answered (``ds2a.sim.tools``).
 
 Where the protocol is silent the simulator decides (each marked in the code):
 the wording of 40300 for a wrong/expired/replayed PoW (``INVALID_POW_RESPONSE``),

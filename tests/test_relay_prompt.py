@@ -42,6 +42,7 @@ TEXT_ONLY = [
     [("user", "see ![a cat](http://x/c.png)")],
     [("user", "  x  "), ("user", ""), ("assistant", "\n")],
     [("user", "只说中文 🙂")],
+    [("developer", "d"), ("system", "s"), ("user", "u")],  # the chat dialect keeps "developer" as is
 ]
 
 
@@ -135,6 +136,12 @@ def test_a_long_system_prompt_survives_whole_and_comes_first() -> None:
     prompt = render_prompt(c)
     assert prompt.startswith(system + "\n\nSecond system part.\n\n" + P.TOOLS_HEADING)
     assert len(system) > 100_000
+
+
+def test_developer_text_counts_as_system_text_with_tools() -> None:
+    c = conv(msg("developer", "Be terse."), msg("user", "hi"), tools=[TIME])  # type: ignore[arg-type]
+    prompt = render_prompt(c)
+    assert prompt.startswith("Be terse.\n\n" + P.TOOLS_HEADING) and prompt.count("<｜User｜>") == 1
 
 
 def test_earlier_calls_and_results_use_the_markup() -> None:

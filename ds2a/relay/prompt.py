@@ -315,7 +315,9 @@ def render_prompt(conv: Conversation, template: str = "deepseek", *, correction:
     names = {p.id: p.name for m in conv.messages for p in m.parts if type(p) is ToolCall and p.id}
     if not conv.tools and not conv.output.is_json and correction is None:
         return build_prompt([(m.role, _legacy_text(m, names)) for m in conv.messages], template)
-    pairs = [("user" if m.role == "tool" else m.role, _message_text(m, names)) for m in conv.messages]
+    # Tool results are input the model did not write (User blocks); developer text is system text.
+    roles = {"tool": "user", "developer": "system"}
+    pairs = [(roles.get(m.role, m.role), _message_text(m, names)) for m in conv.messages]
     sections = []
     if conv.tools:
         sections.append(tools_section(conv))

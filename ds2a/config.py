@@ -76,6 +76,9 @@ class ApiConfig:
     citations: str = "links"  # links | numbers | remove
     prompt_template: str = "deepseek"  # deepseek | plain
     prompt_tokens: str = "estimate"  # estimate | tokenizer
+    # The web chat's input limit (protocol doc §12): a longer prompt is refused with a 400
+    # before any account, session or proof of work is spent on it.
+    max_prompt_chars: int = 2_621_440
     models: list[dict[str, Any]] = field(default_factory=list)  # [] = the default table
 
 
@@ -255,6 +258,7 @@ def _validate(cfg: Config) -> None:
         ("pool.max_inflight_per_account", cfg.pool.max_inflight_per_account, 1),
         ("pool.max_attempts", cfg.pool.max_attempts, 1),
         ("deepseek.pool_limit", cfg.deepseek.pool_limit, 1),
+        ("api.max_prompt_chars", cfg.api.max_prompt_chars, 1),
     ]
     for name, value, low in positive:
         if value < low:

@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 # The upstream's end reasons in the relay's words; "incomplete" is only seen once the
 # automatic continuation rounds are used up, i.e. the answer was cut for length.
 FINISH_REASONS = {"stop": "stop", "content_filter": "content_filter", "incomplete": "length"}
-LARGE_PROMPT = 20_000  # characters; the exact tokenizer runs off the loop beyond this
+LARGE_PROMPT = 20_000  # characters; the token count runs off the loop beyond this
 # An answer longer than this (text and thoughts, in characters) is ended with an error:
 # an upstream that never stops must not grow a collected body without bound. Genuine
 # answers, continuations included, stay far below it.
@@ -75,6 +75,13 @@ class Relay:
     async def open(self, generation: Generation) -> RelayAnswer:
         """The answer, started upstream; raises DeepSeekError or PoolError before any text."""
         prompt = self.render(generation.conversation)
+        limit = self.config.api.max_prompt_chars
+        if len(prompt) > limit:
+            raise DeepSeekError(
+                ErrorKind.INPUT_TOO_LONG,
+                f"the conversation is {len(prompt)} characters as a prompt, more than the web chat "
+                f"accepts ({limit}); shorten the history or the tool definitions",
+            )
         prompt_tokens = await self._count_prompt_tokens(prompt)
         upstream = await self._start(generation, prompt)
         return RelayAnswer(self, generation, upstream, prompt_tokens)
@@ -91,7 +98,7 @@ class Relay:
 
     async def _count_prompt_tokens(self, prompt: str) -> int:
         method = self.config.api.prompt_tokens
-        if method == "tokenizer" and len(prompt) > LARGE_PROMPT:
+        if len(prompt) > LARGE_PROMPT:  # either method costs milliseconds there: off the loop
             return await asyncio.to_thread(count_prompt_tokens, prompt, method)
         return count_prompt_tokens(prompt, method)
 

@@ -95,13 +95,20 @@ class TextChain:
     def _structured(self, text: str) -> None:
         """After citations and stops: tool calls, then JSON fences, then the sink."""
         if self.tools is not None:
-            for piece in self.tools.feed(text):
-                if type(piece) is str:
-                    self._emit(piece)
-                else:
-                    self._call(piece)
+            self._pieces(self.tools.feed(text))
+            if self.tools.recognizer.calls_done and self.tool_calls:
+                # No further call can come and text after calls is dropped: stop reading.
+                self.finished = True
+                self.finish_reason = "tool_calls"
             return
         self._emit(text)
+
+    def _pieces(self, pieces: list[Any]) -> None:
+        for piece in pieces:
+            if type(piece) is str:
+                self._emit(piece)
+            else:
+                self._call(piece)
 
     def _emit(self, text: str) -> None:
         if self.json is not None:
@@ -201,11 +208,10 @@ class TextChain:
         if tail:
             self._structured(tail)
         if self.tools is not None:
-            for piece in self.tools.flush():
-                if type(piece) is str:
-                    self._emit(piece)
-                else:
-                    self._call(piece)
+            self._pieces(self.tools.flush())
+            thoughts = self.tools.flush_reasoning()
+            if thoughts:
+                self.sink.reasoning(thoughts)
 
     @property
     def stop_sequence(self) -> str | None:
@@ -218,7 +224,9 @@ class TextChain:
 
 
 def _tool_stage(conversation: Conversation) -> Any:
-    if not conversation.uses_tools:
+    # Also with tool_choice "none": the tools are in the prompt, so a call the model writes
+    # anyway must be taken out of the text (the recogniser refuses it).
+    if not conversation.tools:
         return None
     from ds2a.relay.toolstage import ToolStage
 

@@ -1,0 +1,1 @@
+"""The relay core: conversation model, prompt, relay loop and streaming transforms."""

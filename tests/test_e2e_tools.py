@@ -361,3 +361,14 @@ def test_unusable_calls_are_never_passed_on(client: openai.OpenAI, mess: str) ->
     for call in choice.message.tool_calls or []:
         check_call(call, call.function.name)
     assert "｜" not in (choice.message.content or "")
+
+
+def test_a_prompt_over_the_limit_is_refused_before_any_upstream_call(make_stack: Any) -> None:
+    small = make_stack(accounts=1, config={"api": {"max_prompt_chars": 500}})
+    before = small.counters()
+    with pytest.raises(openai.BadRequestError) as info:
+        sdk(small).chat.completions.create(model="deepseek-chat", messages=ask("x" * 600))
+    assert info.value.body["code"] == "context_length_exceeded"
+    assert info.value.body["param"] == "messages"
+    assert "500" in info.value.message
+    assert small.counters()["completions"] == before["completions"]

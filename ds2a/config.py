@@ -83,6 +83,13 @@ class ApiConfig:
 
 
 @dataclass
+class AnthropicConfig:
+    # Claude model names (exact, or glob patterns such as "claude-*opus*") -> a model of the
+    # table; merged over the defaults in ds2a/anthropic/models.py, which they override.
+    models: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
 class AccountConfig:
     email: str | None = None
     mobile: str | None = None
@@ -111,6 +118,7 @@ class Config:
     deepseek: DeepSeekConfig = field(default_factory=DeepSeekConfig)
     pool: PoolConfig = field(default_factory=PoolConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
+    anthropic: AnthropicConfig = field(default_factory=AnthropicConfig)
     path: Path | None = None  # where it was loaded from; relative paths resolve here
 
     def resolve(self, relative: str) -> Path:
@@ -122,7 +130,13 @@ class Config:
         return base / p
 
 
-SECTIONS = {"server": ServerConfig, "deepseek": DeepSeekConfig, "pool": PoolConfig, "api": ApiConfig}
+SECTIONS = {
+    "server": ServerConfig,
+    "deepseek": DeepSeekConfig,
+    "pool": PoolConfig,
+    "api": ApiConfig,
+    "anthropic": AnthropicConfig,
+}
 CHOICES = {
     "api.citations": ("links", "numbers", "remove"),
     "api.prompt_template": ("deepseek", "plain"),
@@ -286,7 +300,10 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"{where}.password: required to log in with {'email' if acc.email else 'mobile'}")
     from ds2a.api.models import ModelTable  # late: the model table imports ConfigError from here
 
-    ModelTable.from_config(cfg.api, cfg.deepseek)  # raises ConfigError naming the api.models field
+    table = ModelTable.from_config(cfg.api, cfg.deepseek)  # raises ConfigError naming the api.models field
+    from ds2a.anthropic.models import ClaudeModels
+
+    ClaudeModels.from_config(cfg.anthropic, table)  # raises ConfigError naming the anthropic.models entry
     labels = [a.label for a in cfg.accounts]
     logins = [a.email or a.mobile or a.token for a in cfg.accounts]
     for i, login in enumerate(logins):

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import logging
 
+from ds2a.anthropic.errors import render_anthropic_error
+from ds2a.anthropic.handler import MessagesHandler
+from ds2a.anthropic.models import ClaudeModels
 from ds2a.api.auth import Authenticator
 from ds2a.api.chat import ChatHandler
 from ds2a.api.errors import render_openai_error
@@ -14,7 +17,7 @@ from ds2a.deepseek import pow as pow_
 from ds2a.deepseek.client import DeepSeekClient
 from ds2a.pool import AccountPool
 from ds2a.relay.core import Relay
-from ds2a.server import HTTPServer, Request, Responder, Router
+from ds2a.server import ErrorRenderer, HTTPError, HTTPServer, Request, Responder, Router
 
 log = logging.getLogger(__name__)
 
@@ -28,13 +31,20 @@ class Gateway:
         self.auth = Authenticator(config.keys, allow_direct_tokens=config.api.allow_direct_tokens)
         self.relay = Relay(config, self.pool)
         self.chat = ChatHandler(config, self.relay, self.models, self.auth)
+        claude_models = ClaudeModels.from_config(config.anthropic, self.models)
+        self.anthropic = MessagesHandler(config, self.relay, claude_models, self.auth)
         self.router = self._routes()
-        self.server = HTTPServer(self.router, config.server, render_error=render_openai_error)
+        render_error = render_error_by_path(
+            {"/v1/messages": render_anthropic_error, "/messages": render_anthropic_error}, render_openai_error
+        )
+        self.server = HTTPServer(self.router, config.server, render_error=render_error)
 
     def _routes(self) -> Router:
         router = Router()
         for prefix in ("/v1", ""):  # some clients are configured without the /v1 suffix
             router.add("POST", f"{prefix}/chat/completions", self.chat)
+            router.add("POST", f"{prefix}/messages", self.anthropic.messages)
+            router.add("POST", f"{prefix}/messages/count_tokens", self.anthropic.count_tokens)
             router.add("GET", f"{prefix}/models", self.list_models)
             router.add("GET", f"{prefix}/models/{{model}}", self.get_model)
         router.add("GET", "/healthz", self.healthz)
@@ -59,10 +69,14 @@ class Gateway:
     # --- small endpoints ------------------------------------------------------
 
     async def list_models(self, request: Request, responder: Responder) -> None:
+        if "anthropic-version" in request.headers:  # an Anthropic client: its list shape
+            return await self.anthropic.list_models(request, responder)
         self.auth(request.headers)
         responder.send(200, json.dumps(self.models.list_body()).encode())
 
     async def get_model(self, request: Request, responder: Responder) -> None:
+        if "anthropic-version" in request.headers:
+            return await self.anthropic.get_model(request, responder)
         self.auth(request.headers)
         responder.send(200, json.dumps(self.models.model_body(request.params["model"])).encode())
 
@@ -78,6 +92,21 @@ class Gateway:
         body = {
             "name": "ds2a",
             "about": "OpenAI-compatible gateway to the DeepSeek web chat, for personal use",
-            "endpoints": ["/v1/models", "/v1/chat/completions", "/healthz", "/admin/accounts"],
+            "endpoints": [
+                "/v1/models", "/v1/chat/completions", "/v1/messages", "/v1/messages/count_tokens",
+                "/healthz", "/admin/accounts",
+            ],
         }
         responder.send(200, json.dumps(body).encode())
+
+
+def render_error_by_path(by_prefix: dict[str, ErrorRenderer], default: ErrorRenderer) -> ErrorRenderer:
+    """Errors in the envelope of the dialect whose routes start with a prefix (segment-wise)."""
+
+    def render(path: str, error: HTTPError) -> bytes:
+        for prefix, renderer in by_prefix.items():
+            if path == prefix or path.startswith(prefix + "/"):
+                return renderer(path, error)
+        return default(path, error)
+
+    return render

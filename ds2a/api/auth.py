@@ -23,7 +23,9 @@ class Authenticator:
         self.allow_direct_tokens = allow_direct_tokens
 
     def __call__(self, headers: dict[str, str], *, key_required: bool = False) -> Caller:
-        bearer = _bearer(headers.get("authorization"))
+        # Anthropic clients send the key as x-api-key (ANTHROPIC_API_KEY), OpenAI ones as a bearer.
+        api_key = (headers.get("x-api-key") or "").strip()
+        bearer = api_key or _bearer(headers.get("authorization"))
         if self._is_key(bearer):
             return Caller()
         if self.allow_direct_tokens and not key_required:
@@ -42,7 +44,7 @@ def _bearer(value: str | None) -> str:
     if not value:
         raise ApiError(
             401,
-            "no API key: send 'Authorization: Bearer <key>' with one of this gateway's keys "
+            "no API key: send 'Authorization: Bearer <key>' (or 'x-api-key: <key>') with one of this gateway's keys "
             "(or your own DeepSeek user token)",
             code="missing_api_key",
         )

@@ -85,8 +85,15 @@ def run_claude(stack: Stack, tmp_path: Path, prompt: str, *flags: str) -> dict[s
         CLAUDE_CODE_MAX_RETRIES="1",
     )
     command = [
-        str(claude_cli()), "-p", prompt, "--output-format", "json", "--no-session-persistence",
-        "--permission-mode", "dontAsk", *flags,
+        str(claude_cli()),
+        "-p",
+        prompt,
+        "--output-format",
+        "json",
+        "--no-session-persistence",
+        "--permission-mode",
+        "dontAsk",
+        *flags,
     ]
     done = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, f"claude exited {done.returncode}: {done.stdout[-2000:]} {done.stderr[-2000:]}"
@@ -108,8 +115,12 @@ def test_claude_code_completes_a_prompt(stack: Stack, tmp_path: Path, seen: list
     importlib.util.find_spec("ds2a.relay.toolstage") is None,
     reason="tool calling has not landed in the relay yet (ds2a.relay.toolstage)",
 )
-def test_claude_code_with_its_tools_runs_a_read_only_tool(stack: Stack, tmp_path: Path, seen: list[MessagesRequest]) -> None:
-    result = run_claude(stack, tmp_path, "Use the Glob tool to list the files here.", "--disallowedTools", MACHINE_TOOLS)
+def test_claude_code_with_its_tools_runs_a_read_only_tool(
+    stack: Stack, tmp_path: Path, seen: list[MessagesRequest]
+) -> None:
+    result = run_claude(
+        stack, tmp_path, "Use the Glob tool to list the files here.", "--disallowedTools", MACHINE_TOOLS
+    )
     assert result["result"]
     offered = {t.name for r in seen for t in r.conversation.tools}
     assert {"Glob", "Read"} <= offered and not offered & set(MACHINE_TOOLS.split())

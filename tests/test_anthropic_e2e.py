@@ -139,7 +139,10 @@ def test_thinking_comes_as_a_signed_block_before_the_text(stack: Stack, stream: 
         thinking={"type": "adaptive"},  # type: ignore[typeddict-item]
         messages=[
             *user("Why is the sky blue?"),
-            {"role": "assistant", "content": [thinking.model_dump(), text.model_dump(), {"type": "redacted_thinking", "data": "x"}]},
+            {
+                "role": "assistant",
+                "content": [thinking.model_dump(), text.model_dump(), {"type": "redacted_thinking", "data": "x"}],
+            },
             *user("Shorter, please."),
         ],
     )
@@ -148,7 +151,9 @@ def test_thinking_comes_as_a_signed_block_before_the_text(stack: Stack, stream: 
 
 def test_thoughts_are_not_shown_unless_thinking_is_asked_for(stack: Stack) -> None:
     want = expected("Why is the sky blue?", True, False, stack.sim_config)
-    reply = claude(stack).messages.create(model="claude-opus-4-8", max_tokens=1024, messages=user("Why is the sky blue?"))
+    reply = claude(stack).messages.create(
+        model="claude-opus-4-8", max_tokens=1024, messages=user("Why is the sky blue?")
+    )
     assert [b.type for b in reply.content] == ["text"]
     assert reply.content[0].text == want.answer  # type: ignore[union-attr]  # the reasoner answered
 
@@ -161,7 +166,12 @@ def test_a_stop_sequence_ends_the_answer(stack: Stack, stream: bool) -> None:
     answer = expected("Tell me a story", False, False, stack.sim_config).answer
     words = answer.split()
     stop = words[len(words) // 2]
-    params: Any = {"model": "claude-sonnet-4-5", "max_tokens": 1024, "messages": user("Tell me a story"), "stop_sequences": [stop, "NEVER"]}
+    params: Any = {
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 1024,
+        "messages": user("Tell me a story"),
+        "stop_sequences": [stop, "NEVER"],
+    }
     if stream:
         with claude(stack).messages.stream(**params) as s:
             reply = s.get_final_message()
@@ -226,8 +236,14 @@ def test_a_tool_round_trip(stack: Stack, stream: bool) -> None:
     assert all(isinstance(c.input, dict) and isinstance(c.input.get("city"), str) for c in calls)
     results = [{"type": "tool_result", "tool_use_id": c.id, "content": "18 C and sunny"} for c in calls]
     second = client.messages.create(
-        **{**params, "messages": [*messages, {"role": "assistant", "content": [b.model_dump() for b in first.content]},
-                                  {"role": "user", "content": results}]}
+        **{
+            **params,
+            "messages": [
+                *messages,
+                {"role": "assistant", "content": [b.model_dump() for b in first.content]},
+                {"role": "user", "content": results},
+            ],
+        }
     )
     assert second.stop_reason == "end_turn"
     assert [b.type for b in second.content] == ["text"] and second.content[0].text  # type: ignore[union-attr]

@@ -91,7 +91,11 @@ def claude_code_body() -> dict[str, Any]:
 def test_a_claude_code_request_parses_with_its_unknown_fields() -> None:
     req = parse(claude_code_body())
     assert (req.model, req.spec.id, req.max_tokens, req.stream, req.show_thinking) == (
-        "claude-opus-4-8", "deepseek-reasoner", 64000, True, True
+        "claude-opus-4-8",
+        "deepseek-reasoner",
+        64000,
+        True,
+        True,
     )
     conv = req.conversation
     assert [m.role for m in conv.messages] == ["system", "user", "system"]
@@ -176,7 +180,9 @@ def test_a_user_turn_of_only_tool_results_is_one_tool_message() -> None:
         ({"type": "auto", "disable_parallel_tool_use": True}, "auto", None, False),
     ],
 )
-def test_tool_choice_maps_to_the_conversation_model(choice: dict[str, Any], mode: str, name: str | None, parallel: bool) -> None:
+def test_tool_choice_maps_to_the_conversation_model(
+    choice: dict[str, Any], mode: str, name: str | None, parallel: bool
+) -> None:
     tools = [{"name": n, "input_schema": {"type": "object"}} for n in ("a", "b")]
     body = {"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}
     conv = parse({**body, "tools": tools, "tool_choice": choice}).conversation
@@ -189,7 +195,12 @@ def test_server_tools_are_left_out_and_cannot_be_forced() -> None:
         {"type": "mcp_toolset", "mcp_server_name": "files"},
         {"type": "custom", "name": "lookup", "input_schema": {"type": "object"}},
     ]
-    body = {"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}], "tools": tools}
+    body = {
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 5,
+        "messages": [{"role": "user", "content": "x"}],
+        "tools": tools,
+    }
     assert [t.name for t in parse(body).conversation.tools] == ["lookup"]
     err = refusal({**body, "tool_choice": {"type": "tool", "name": "web_search"}})
     assert err.status == 400 and err.message.startswith("tool_choice.name: 'web_search' is a server tool")
@@ -256,8 +267,13 @@ DOCUMENT = {"type": "document", "source": {"type": "text", "media_type": "text/p
             _with("messages.0.content", [{"type": "tool_result", "tool_use_id": "t", "content": [DOCUMENT]}]),
             "messages.0.content.0.content.0: documents ('document' blocks) are not supported",
         ),
-        (_with("messages.0", {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "f", "input": "{}"}]}),
-         "messages.0.content.0.input: Input should be a valid dictionary"),
+        (
+            _with(
+                "messages.0",
+                {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "f", "input": "{}"}]},
+            ),
+            "messages.0.content.0.input: Input should be a valid dictionary",
+        ),
         (_with("system", 3), "system: Input should be a valid string or a list of text blocks"),
         (_with("system", [{"type": "image"}]), "system.0: images"),
         (_with("thinking", {"type": "on"}), "thinking.type: Input should be 'enabled', 'adaptive' or 'disabled'"),
@@ -274,7 +290,10 @@ DOCUMENT = {"type": "document", "source": {"type": "text", "media_type": "text/p
         (_with("tool_choice", {"type": "any"}), "tool_choice: 'any' needs at least one custom tool"),
         (_with("tool_choice", {"type": "tool", "name": "f"}), "tool_choice.name: no tool named 'f'"),
         (_with("output_format", {"type": "xml"}), "output_format.type: Input should be 'json_schema'"),
-        (_with("messages.0.content", "bad \ud800 text"), "messages.0.content: the string holds a lone UTF-16 surrogate"),
+        (
+            _with("messages.0.content", "bad \ud800 text"),
+            "messages.0.content: the string holds a lone UTF-16 surrogate",
+        ),
         (b"{not json", "The request body is not valid JSON"),
         (b"[1]", "The request body must be a JSON object"),
         (b"", "The request body is empty"),
@@ -314,7 +333,9 @@ def test_an_unknown_model_is_not_found_after_the_body_is_checked() -> None:
         ("deepseek-chat-search", {"type": "enabled", "budget_tokens": 1024}, "deepseek-reasoner-search", True),
     ],
 )
-def test_model_names_and_thinking_pick_the_model(name: str, thinking: dict[str, Any] | None, model: str, shown: bool) -> None:
+def test_model_names_and_thinking_pick_the_model(
+    name: str, thinking: dict[str, Any] | None, model: str, shown: bool
+) -> None:
     body = {**BASE, "model": name, **({"thinking": thinking} if thinking else {})}
     req = parse(body)
     assert (req.model, req.spec.id, req.show_thinking) == (name, model, shown)
@@ -388,7 +409,7 @@ def test_a_text_answer_streams_exactly_as_anthropic_does() -> None:
     sink = encode.MessageStream(out, "msg_1", "claude-sonnet-4-5", show_thinking=False)
     sink.start(12)
     sink.text("Hel")
-    sink.text("lo \"é\"")
+    sink.text('lo "é"')
     sink.flush()
     sink.finish(Outcome("stop", prompt_tokens=12, completion_tokens=2))
     assert out.data == (
@@ -419,10 +440,18 @@ def test_thinking_comes_first_with_a_signature_then_the_text() -> None:
     sink.finish(Outcome("stop", 3, 5))
     got = events(out.data)
     assert [name for name, _ in got] == [
-        "message_start", "ping",
-        "content_block_start", "content_block_delta", "content_block_delta", "content_block_delta", "content_block_stop",
-        "content_block_start", "content_block_delta", "content_block_stop",
-        "message_delta", "message_stop",
+        "message_start",
+        "ping",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_delta",
+        "content_block_delta",
+        "content_block_stop",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
     ]
     assert got[2][1]["content_block"] == {"type": "thinking", "thinking": "", "signature": ""}
     assert [e["delta"] for _, e in got[3:5]] == [
@@ -506,7 +535,10 @@ def test_a_failure_mid_stream_ends_with_an_error_event() -> None:
     sink.text("partial")
     sink.fail(502, "DeepSeek: connection reset")
     got = events(out.data)
-    assert got[-1] == ("error", {"type": "error", "error": {"type": "api_error", "message": "DeepSeek: connection reset"}})
+    assert got[-1] == (
+        "error",
+        {"type": "error", "error": {"type": "api_error", "message": "DeepSeek: connection reset"}},
+    )
     assert "message_stop" not in [name for name, _ in got]
 
 
@@ -541,7 +573,12 @@ def test_the_collected_body_is_an_anthropic_message() -> None:
         ],
         "stop_reason": "tool_use",
         "stop_sequence": None,
-        "usage": {"input_tokens": 4, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0, "output_tokens": 6},
+        "usage": {
+            "input_tokens": 4,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+            "output_tokens": 6,
+        },
     }
 
 
@@ -567,7 +604,9 @@ def sdk_over(status: int, body: bytes, content_type: str) -> anthropic.Anthropic
         return httpx2.Response(status, content=body, headers={"content-type": content_type})
 
     transport = httpx2.MockTransport(reply)
-    return anthropic.Anthropic(api_key="k", base_url="http://gw", max_retries=0, http_client=httpx2.Client(transport=transport))
+    return anthropic.Anthropic(
+        api_key="k", base_url="http://gw", max_retries=0, http_client=httpx2.Client(transport=transport)
+    )
 
 
 def feed(sink: Any) -> None:
@@ -593,7 +632,9 @@ def test_the_sdk_accumulates_the_stream_into_the_collected_message() -> None:
     params: Any = {"model": "claude-opus-4-8", "max_tokens": 10, "messages": [{"role": "user", "content": "x"}]}
     with sdk_over(200, out.data, "text/event-stream").messages.stream(**params) as sse:
         streamed = sse.get_final_message()
-    collected = sdk_over(200, collector.body("msg_s", "claude-opus-4-8", outcome), "application/json").messages.create(**params)
+    collected = sdk_over(200, collector.body("msg_s", "claude-opus-4-8", outcome), "application/json").messages.create(
+        **params
+    )
     assert streamed.model_dump() == collected.model_dump()
     assert [b.type for b in collected.content] == ["thinking", "text", "tool_use"]
     assert collected.content[2].input == {"q": "ds2a", "n": 2}  # type: ignore[union-attr]
@@ -610,7 +651,10 @@ def test_the_sdk_raises_an_error_event_as_an_api_error() -> None:
     with pytest.raises(anthropic.APIStatusError) as info:
         with sdk_over(200, out.data, "text/event-stream").messages.stream(**params) as sse:
             sse.get_final_message()
-    assert info.value.body == {"type": "error", "error": {"type": "overloaded_error", "message": "every account is busy"}}
+    assert info.value.body == {
+        "type": "error",
+        "error": {"type": "overloaded_error", "message": "every account is busy"},
+    }
 
 
 # --- errors ------------------------------------------------------------------------------
@@ -619,10 +663,18 @@ def test_the_sdk_raises_an_error_event_as_an_api_error() -> None:
 @pytest.mark.parametrize(
     ("status", "kind"),
     [
-        (400, "invalid_request_error"), (401, "authentication_error"), (403, "permission_error"),
-        (404, "not_found_error"), (405, "invalid_request_error"), (413, "request_too_large"),
-        (429, "rate_limit_error"), (500, "api_error"), (502, "api_error"), (503, "api_error"),
-        (504, "timeout_error"), (529, "overloaded_error"),
+        (400, "invalid_request_error"),
+        (401, "authentication_error"),
+        (403, "permission_error"),
+        (404, "not_found_error"),
+        (405, "invalid_request_error"),
+        (413, "request_too_large"),
+        (429, "rate_limit_error"),
+        (500, "api_error"),
+        (502, "api_error"),
+        (503, "api_error"),
+        (504, "timeout_error"),
+        (529, "overloaded_error"),
     ],
 )
 def test_statuses_map_to_anthropic_error_types(status: int, kind: str) -> None:
@@ -650,4 +702,7 @@ def test_upstream_failures_keep_the_gateway_wide_statuses() -> None:
     assert auth.status == 401
     assert json.loads(render_anthropic_error("", auth))["error"]["type"] == "authentication_error"
     event = stream_error_event(504, "DeepSeek: silent")
-    assert event == b'event: error\ndata: {"type":"error","error":{"type":"timeout_error","message":"DeepSeek: silent"}}\n\n'
+    assert (
+        event
+        == b'event: error\ndata: {"type":"error","error":{"type":"timeout_error","message":"DeepSeek: silent"}}\n\n'
+    )

@@ -197,7 +197,8 @@ class MessageStream:
         if not self.show_thinking:
             return
         if self._open != "thinking":
-            self._start_block("thinking", {"type": "thinking", "thinking": "", "signature": ""}, "thinking_delta", "thinking")
+            block = {"type": "thinking", "thinking": "", "signature": ""}
+            self._start_block("thinking", block, "thinking_delta", "thinking")
             self._signer = Signer()
         assert self._signer is not None
         self._signer.update(text)

@@ -154,9 +154,7 @@ def _require(data: dict[str, Any], key: str, typ: type | tuple[type, ...], expec
     return value
 
 
-def _optional(
-    data: dict[str, Any], key: str, typ: type | tuple[type, ...], expected: str, path: str = ""
-) -> Any:
+def _optional(data: dict[str, Any], key: str, typ: type | tuple[type, ...], expected: str, path: str = "") -> Any:
     value = data.get(key)
     if value is not None and not _is(value, typ):
         _wrong_type(f"{path}.{key}" if path else key, expected, value)
@@ -236,7 +234,9 @@ def _stop_sequences(data: dict[str, Any]) -> list[str]:
     return list(dict.fromkeys(stops))  # duplicates would only cost matching time
 
 
-def _range(data: dict[str, Any], key: str, typ: type | tuple[type, ...], expected: str, low: float, high: float | None) -> None:
+def _range(
+    data: dict[str, Any], key: str, typ: type | tuple[type, ...], expected: str, low: float, high: float | None
+) -> None:
     value = _optional(data, key, typ, expected)
     if value is None:
         return
@@ -268,7 +268,8 @@ def _output_format(data: dict[str, Any]) -> OutputFormat:
     if kind != "json_schema":
         _fail(f"{path}.type", f"Input should be 'json_schema', got {kind!r}")
     schema = _require(fmt, "schema", dict, "a valid dictionary", path)
-    return OutputFormat("json_schema", schema=schema, name=_optional(fmt, "name", str, "a valid string", path), strict=True)
+    name = _optional(fmt, "name", str, "a valid string", path)
+    return OutputFormat("json_schema", schema=schema, name=name, strict=True)  # Anthropic's are always strict
 
 
 # --- system and messages -----------------------------------------------------------------

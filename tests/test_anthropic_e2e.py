@@ -234,7 +234,12 @@ def test_a_tool_round_trip(stack: Stack, stream: bool) -> None:
     calls = [b for b in first.content if b.type == "tool_use"]
     assert calls and all(c.name == "get_weather" and c.id.startswith("toolu_") for c in calls)
     assert all(isinstance(c.input, dict) and isinstance(c.input.get("city"), str) for c in calls)
-    results = [{"type": "tool_result", "tool_use_id": c.id, "content": "18 C and sunny"} for c in calls]
+    # One result as a string, the others as text blocks marked as errors: both shapes reach the model.
+    results: list[dict[str, Any]] = [{"type": "tool_result", "tool_use_id": calls[0].id, "content": "18 C and sunny"}]
+    results += [
+        {"type": "tool_result", "tool_use_id": c.id, "content": [{"type": "text", "text": "no data"}], "is_error": True}
+        for c in calls[1:]
+    ]
     second = client.messages.create(
         **{
             **params,
@@ -246,7 +251,8 @@ def test_a_tool_round_trip(stack: Stack, stream: bool) -> None:
         }
     )
     assert second.stop_reason == "end_turn"
-    assert [b.type for b in second.content] == ["text"] and second.content[0].text  # type: ignore[union-attr]
+    assert [b.type for b in second.content] == ["text"]
+    assert "18 C and sunny" in second.content[0].text  # type: ignore[union-attr]  # the simulator quotes results
 
 
 def test_a_forced_tool_is_called(stack: Stack) -> None:
@@ -261,6 +267,86 @@ def test_a_forced_tool_is_called(stack: Stack) -> None:
     )
     assert reply.stop_reason == "tool_use"
     assert [b.name for b in reply.content if b.type == "tool_use"] == ["get_weather"]
+
+
+TIME = {
+    "name": "get_time",
+    "description": "The local time in a city",
+    "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_parallel_calls_are_several_tool_use_blocks(stack: Stack, stream: bool) -> None:
+    if not simulator_calls_tools(stack):
+        pytest.skip("the simulator does not call tools yet (the tool-calling work has not landed)")
+    params: Any = {
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 1024,
+        "tools": [WEATHER, TIME],
+        "messages": user("Use get_weather and get_time for Oslo."),
+    }
+    client = claude(stack)
+    if stream:
+        with client.messages.stream(**params) as s:
+            reply = s.get_final_message()
+    else:
+        reply = client.messages.create(**params)
+    calls = [b for b in reply.content if b.type == "tool_use"]
+    assert sorted(c.name for c in calls) == ["get_time", "get_weather"] and len({c.id for c in calls}) == 2
+    one = client.messages.create(**{**params, "tool_choice": {"type": "auto", "disable_parallel_tool_use": True}})
+    assert len([b for b in one.content if b.type == "tool_use"]) == 1
+
+
+@pytest.mark.parametrize("mess", ["lookalike", "native", "single_quotes", "text_after"])
+def test_messy_calls_arrive_as_clean_tool_use_blocks(stack: Stack, mess: str) -> None:
+    if not simulator_calls_tools(stack):
+        pytest.skip("the simulator does not call tools yet (the tool-calling work has not landed)")
+    with claude(stack).messages.stream(
+        model="claude-haiku-4-5",
+        max_tokens=1024,
+        tools=[WEATHER],
+        messages=user(f"Use get_weather for Paris. [[sim:tool_mess={mess}]]"),
+    ) as s:
+        reply = s.get_final_message()
+    assert reply.stop_reason == "tool_use"
+    assert [(b.type, b.name) for b in reply.content if b.type == "tool_use"] == [("tool_use", "get_weather")]  # type: ignore[union-attr]
+    text = "".join(b.text for b in reply.content if b.type == "text")
+    assert "tool" not in text.lower() and "|" not in text and "｜" not in text, text
+
+
+def test_a_forced_call_that_never_comes_is_an_api_error(stack: Stack) -> None:
+    if not simulator_calls_tools(stack):
+        pytest.skip("the simulator does not call tools yet (the tool-calling work has not landed)")
+    with pytest.raises(anthropic.APIStatusError) as caught:
+        claude(stack).messages.create(
+            model="claude-haiku-4-5",
+            max_tokens=1024,
+            tools=[WEATHER],
+            tool_choice={"type": "any"},
+            messages=user("Hello. [[sim:tool_mess=no_call]] [[sim:tool_mess_stubborn]]"),
+        )
+    assert caught.value.status_code == 502 and caught.value.type == "api_error"  # type: ignore[attr-defined]
+    assert "tool_choice requires" in caught.value.body["error"]["message"]  # type: ignore[index]
+
+
+def test_structured_output_is_schema_valid_json(stack: Stack) -> None:
+    if not simulator_calls_tools(stack):
+        pytest.skip("the simulator does not answer formats yet (the tool-calling work has not landed)")
+    out = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "population": {"type": "integer"}},
+        "required": ["city", "population"],
+        "additionalProperties": False,
+    }
+    reply = claude(stack).messages.create(
+        model="claude-sonnet-4-5",
+        max_tokens=1024,
+        messages=user("The largest city of Norway, as JSON."),
+        extra_body={"output_config": {"format": {"type": "json_schema", "schema": out}}},
+    )
+    data = json.loads(reply.content[0].text)  # type: ignore[union-attr]
+    assert set(data) == {"city", "population"} and isinstance(data["population"], int)
 
 
 # --- count_tokens, models, headers ------------------------------------------------------------

@@ -134,10 +134,8 @@ class MessagesHandler:
     async def count_tokens(self, request: Request, responder: Responder) -> None:
         self.auth(request.headers)
         req = parse_messages_request(request.body, self.models, count_only=True)
-        if self.config.api.prompt_tokens == "tokenizer":
-            tokens = await asyncio.to_thread(self.relay.count_tokens, req.conversation)
-        else:
-            tokens = self.relay.count_tokens(req.conversation)
+        # Off the loop: rendering and counting an agent's long history costs milliseconds.
+        tokens = await asyncio.to_thread(self.relay.count_tokens, req.conversation)
         responder.send(200, dumps({"input_tokens": tokens}))
 
     # --- GET /v1/models (with an anthropic-version header) ---------------------------

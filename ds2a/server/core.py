@@ -29,6 +29,7 @@ HeaderPairs = Iterable[tuple[str, str]]
 _RawHeaders = list[tuple[bytes, bytes]]
 
 _REASONS: dict[int, bytes] = {s.value: s.phrase.encode() for s in HTTPStatus}
+_REASONS[529] = b"Overloaded"  # Anthropic's status for "every account busy"; not in HTTPStatus
 _NO_BODY_STATUS = frozenset((204, 304))
 _SSE_HEADERS: list[tuple[bytes, bytes]] = [
     (b"content-type", b"text/event-stream; charset=utf-8"),

@@ -162,7 +162,7 @@ def test_ready_event() -> None:
 
 
 def test_first_frame_sets_the_whole_state() -> None:
-    parser = StreamParser()
+    parser = StreamParser(keep_text=True)
     parser.feed(snapshot(think(2, "我们"), thinking_enabled=True))
     assert parser.snapshot() == {
         "response": {
@@ -177,7 +177,7 @@ def test_first_frame_sets_the_whole_state() -> None:
 
 
 def test_sticky_path_and_op() -> None:
-    parser = StreamParser()
+    parser = StreamParser(keep_text=True)
     events = parser.feed(
         snapshot(think(2, "a"))
         + data({"p": "response/fragments/-1/content", "o": "APPEND", "v": "b"})
@@ -210,7 +210,7 @@ def test_append_after_explicit_op_keeps_appending_strings_and_lists() -> None:
 
 
 def test_batch_paths_are_relative_and_its_stickiness_starts_from_set() -> None:
-    parser = StreamParser()
+    parser = StreamParser(keep_text=True)
     events = parser.feed(
         snapshot(answer(3, "A"), label="old")
         + data({"p": "response/fragments/-1/content", "o": "APPEND", "v": "B"})  # outer op now APPEND
@@ -247,7 +247,7 @@ def test_sticky_op_inside_a_batch_does_not_leak_out() -> None:
 
 
 def test_bare_list_after_batch_is_another_batch_on_the_same_path() -> None:
-    parser = StreamParser()
+    parser = StreamParser(keep_text=True)
     parser.feed(
         snapshot(answer(3, "X"))
         + data({"p": "response/fragments/-1", "o": "BATCH", "v": [{"p": "content", "o": "APPEND", "v": "1"}, {"p": "extra", "v": "a"}]})
@@ -259,7 +259,7 @@ def test_bare_list_after_batch_is_another_batch_on_the_same_path() -> None:
 
 
 def test_negative_and_positive_indexes() -> None:
-    parser = StreamParser()
+    parser = StreamParser(keep_text=True)
     parser.feed(
         snapshot(
             think(1, "t"),
@@ -409,7 +409,7 @@ def test_usage_follows_accumulated_token_usage() -> None:
 
 
 def test_nothing_but_title_after_a_terminal() -> None:
-    parser = StreamParser()
+    parser = StreamParser(keep_text=True)
     parser.feed(snapshot(answer(3, "A")) + data({"p": "response/fragments/-1/content", "o": "APPEND", "v": "B"}))
     assert parser.feed(FINISHED) == [Finish("stop")]
     after = parser.feed(

@@ -85,16 +85,22 @@ TEMPLATE = "你好，这个问题我暂时无法回答，让我们换个话题�
 # --------------------------------------------------------------------------- feeding helpers
 
 
-def replay(pieces: list[bytes], resume_from: StreamParser | None = None) -> tuple[list[Event], StreamParser]:
-    parser = StreamParser(resume_from=resume_from)
+def replay(
+    pieces: list[bytes], resume_from: StreamParser | None = None, *, keep_text: bool = False
+) -> tuple[list[Event], StreamParser]:
+    """Events of a capture fed in ``pieces``; ``keep_text`` keeps the fragment texts for
+    ``fragment_texts`` (the default parser forgets relayed text)."""
+    parser = StreamParser(resume_from=resume_from, keep_text=keep_text)
     events: list[Event] = []
     for piece in pieces:
         events += parser.feed(piece)
     return events + parser.close(), parser
 
 
-def parse(name: str, resume_from: StreamParser | None = None) -> tuple[list[Event], StreamParser]:
-    return replay([capture(name)], resume_from)
+def parse(
+    name: str, resume_from: StreamParser | None = None, *, keep_text: bool = False
+) -> tuple[list[Event], StreamParser]:
+    return replay([capture(name)], resume_from, keep_text=keep_text)
 
 
 def random_pieces(body: bytes, seed: int) -> list[bytes]:
@@ -187,7 +193,7 @@ def test_status_words_never_leak_into_text(name: str) -> None:
 
 @pytest.mark.parametrize("name", [n for n in STREAMS if n.startswith("new-") and n != FILTER])
 def test_deltas_rebuild_the_final_fragments(name: str) -> None:
-    events, parser = parse(name)
+    events, parser = parse(name, keep_text=True)
     assert reasoning(events) == fragment_texts(parser, "THINK")
     assert answer(events) == fragment_texts(parser, "RESPONSE")
 
@@ -319,7 +325,7 @@ def test_incomplete_capture() -> None:
 
 
 def test_continue_capture_resumes_with_only_the_suffix() -> None:
-    first_events, first = parse(INCOMPLETE)
+    first_events, first = parse(INCOMPLETE, keep_text=True)
     events, parser = parse(CONTINUE, resume_from=first)
     before, after = reasoning(first_events), reasoning(events)
     snapshot_think = first_snapshot(CONTINUE)["fragments"][0]["content"]

@@ -132,17 +132,23 @@ class Finish(Event):
 
     ``replacement`` is the TEMPLATE_RESPONSE text on a content filter: the text
     already streamed is withdrawn upstream and this canned answer replaces it.
+    ``resumable`` is False for an ``incomplete`` end that someone chose (a user's
+    stop or a regenerate, §16.4: a TIP fragment closes the answer first): continuing
+    it automatically would undo their stop.
     """
 
-    __slots__ = ("reason", "replacement")
+    __slots__ = ("reason", "replacement", "resumable")
 
-    def __init__(self, reason: FinishReason, replacement: str | None = None) -> None:
+    def __init__(self, reason: FinishReason, replacement: str | None = None, resumable: bool = True) -> None:
         self.reason = reason
         self.replacement = replacement
+        self.resumable = resumable
 
 
 class StreamError(Event):
-    """Error terminal: a ``hint``, an error frame, a ``close`` or end of body without a status."""
+    """Error terminal: a ``hint``/``toast``, an error frame, an error status (TIMEOUT,
+    CONTEXT_LENGTH_EXCEEDED), a ``close`` or end of body without a status, or a bound
+    of the parser exceeded."""
 
     __slots__ = ("kind", "message", "finish_reason", "clear_response")
 

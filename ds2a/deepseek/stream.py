@@ -12,8 +12,14 @@ Two layers:
 
 Hot path: almost every frame is ``{"v":"text"}`` appended to the fragment that
 the previous frame addressed. That frame skips JSON decoding when it holds no
-escapes and appends to a cached ``Text`` (a piece list joined lazily, so a long
-answer costs linear, not quadratic, time).
+escapes and only counts its characters into the cached ``Text`` of that fragment.
+
+Memory is bounded whatever the upstream sends (issue 8): a block that never ends is
+cut at ``max_block`` bytes, and the text of THINK/RESPONSE fragments is forgotten as
+soon as it has been emitted (a ``Text`` then keeps only its length, which is all a
+continuation needs), so a long answer costs the parser no more than a short one.
+Everything else the state retains is counted; past ``max_retained`` the stream ends
+with a ``StreamError(PROTOCOL)``, as it does past ``max_block``.
 """
 
 from __future__ import annotations
@@ -59,7 +65,31 @@ FINISH_STATUSES: dict[str, FinishReason] = {
     "CANCELLED": "incomplete",
     "CONTENT_TOO_LONG": "incomplete",
 }
-ERROR_STATUSES = frozenset({"CONTENT_EMPTY"})
+# Statuses that end the answer with an error (§7.8, §16.4): kind, message, finish_reason.
+# Unlike the finish statuses they are terminal as a BATCH quasi_status already.
+ERROR_STATUSES: dict[str, tuple[ErrorKind, str, str]] = {
+    "CONTENT_EMPTY": (ErrorKind.UPSTREAM, "upstream ended with status CONTENT_EMPTY", "content_empty"),
+    "CONTEXT_LENGTH_EXCEEDED": (
+        ErrorKind.INPUT_TOO_LONG,
+        "the conversation is longer than the model's context (status CONTEXT_LENGTH_EXCEEDED)",
+        "context_length_exceeded",
+    ),
+    "TIMEOUT": (ErrorKind.TIMEOUT, "DeepSeek gave up on this answer (status TIMEOUT)", "timeout"),
+}
+# Fragment types whose results may be cited (§7.6, §16.4); any other non-text type with
+# a url-bearing ``result``/``results`` is read the same way, never as text.
+SEARCH_FRAGMENTS = frozenset({"TOOL_SEARCH", "TOOL_FIND", "SEARCH"})
+OPEN_FRAGMENTS = frozenset({"TOOL_OPEN", "READ_LINK"})
+# Named events whose ``type: error`` payload ends the stream (§7.9, §16.4).
+ERROR_EVENTS = frozenset({"hint", "error", "toast"})
+
+# Bounds (issue 8). A real block is one frame: the largest, a continuation's opening
+# snapshot, carries the text produced so far (hundreds of KB); 8 MiB is far above it.
+MAX_BLOCK_BYTES = 8 * 1024 * 1024
+# What the state may keep besides forgotten text (characters, roughly bytes): search
+# results, references, statuses. A searched answer keeps tens of KB.
+MAX_RETAINED = 16 * 1024 * 1024
+_NODE = 8  # what a number, a flag or a container costs in the estimate
 
 # Compacting the piece list every so many appends keeps memory near the text size
 # while each piece is still copied only once.
@@ -80,15 +110,20 @@ class SSEDecoder:
     A lone CR is not a line break here (the upstream uses LF; CRLF is accepted).
     """
 
-    __slots__ = ("_pending", "_cr", "_started")
+    __slots__ = ("_pending", "_size", "_cr", "_started", "max_block", "overflowed")
 
-    def __init__(self) -> None:
+    def __init__(self, max_block: int = MAX_BLOCK_BYTES) -> None:
         self._pending: list[bytes] = []  # bytes of the current, incomplete block
+        self._size = 0  # bytes in _pending
         self._cr = False  # the previous chunk ended with CR, maybe half of a CRLF
         self._started = False  # a leading BOM has been dealt with
+        self.max_block = max_block
+        self.overflowed = False  # a block outgrew max_block: nothing more is decoded
 
     def feed(self, chunk: bytes) -> list[tuple[str, str]]:
         """Blocks completed by ``chunk``, as ``(event name, data)``."""
+        if self.overflowed:
+            return []
         if self._cr or 13 in chunk:  # int membership is a bare memchr: cheaper than b"\r"
             chunk = self._without_crlf(chunk)
         pending = self._pending
@@ -100,23 +135,37 @@ class SSEDecoder:
             # The blank line straddles two reads.
             block = b"".join(pending)[:-1]
             pending.clear()
+            self._size = 0
             self._blocks(block, out)
             chunk = chunk[1:]
         cut = chunk.rfind(b"\n\n")
         if cut < 0:
             if chunk:
-                pending.append(chunk)
+                self._keep(chunk)
             return out
         head = chunk[:cut]
         if pending:
             pending.append(head)
             head = b"".join(pending)
             pending.clear()
+            self._size = 0
         rest = chunk[cut + 2 :]
         if rest:
-            pending.append(rest)
+            self._keep(rest)
         self._blocks(head, out)
         return out
+
+    def _keep(self, part: bytes) -> None:
+        """Hold the start of an unfinished block, up to ``max_block`` bytes."""
+        size = self._size + len(part)
+        if size > self.max_block:
+            # An upstream that never ends its block must not grow the gateway: give up.
+            self._pending.clear()
+            self._size = 0
+            self.overflowed = True
+            return
+        self._pending.append(part)
+        self._size = size
 
     def close(self) -> list[tuple[str, str]]:
         """End of body. Unlike a browser, dispatch a block that lacks its final
@@ -129,6 +178,7 @@ class SSEDecoder:
         if self._pending:
             block = b"".join(self._pending)
             self._pending.clear()
+            self._size = 0
             self._blocks(block, out)
         return out
 
@@ -183,21 +233,44 @@ class SSEDecoder:
 
 
 class Text:
-    """A string that grows by appends: pieces now, one join when read."""
+    """A string that grows by appends: pieces now, one join when read.
 
-    __slots__ = ("chunks", "parts", "length")
+    ``length`` counts every character ever appended; the pieces may hold only the
+    end of it: ``release()`` forgets what was relayed, and a released text keeps
+    counting (``length``) what the fast path relays without storing it. ``tail``
+    and ``str`` then see the kept end only.
+    """
+
+    __slots__ = ("chunks", "parts", "length", "held")
 
     def __init__(self, first: str = "") -> None:
         self.chunks: list[str] = []
         self.parts: list[str] = [first] if first else []
         self.length = len(first)
+        self.held = len(first)  # characters kept in chunks and parts
 
     def append(self, piece: str) -> None:
         parts = self.parts
         parts.append(piece)
         self.length += len(piece)
+        self.held += len(piece)
         if len(parts) >= _PIECES_PER_CHUNK:
             self.compact()
+
+    def release(self) -> int:
+        """Forget the kept pieces (the length stays); how many characters that freed."""
+        freed = self.held
+        self.chunks = []
+        self.parts = []
+        self.held = 0
+        return freed
+
+    @classmethod
+    def relayed(cls, length: int) -> Text:
+        """A text of ``length`` characters, all of them relayed and forgotten."""
+        text = cls()
+        text.length = length
+        return text
 
     def compact(self) -> None:
         """Fold the recent pieces into one chunk (each piece is copied once)."""
@@ -262,6 +335,21 @@ def plain(value: Any) -> Any:
     if kind is list:
         return [plain(v) for v in value]
     return value
+
+
+def retained_size(value: Any) -> int:
+    """Rough size of a decoded JSON value in the parser's state (characters plus a
+    fixed cost per node): what the retention bound counts."""
+    kind = type(value)
+    if kind is str:
+        return len(value)
+    if kind is dict:
+        return _NODE + sum(len(k) + retained_size(v) for k, v in value.items())
+    if kind is list:
+        return _NODE + sum(map(retained_size, value))
+    if kind is Text:
+        return value.held
+    return _NODE
 
 
 # --------------------------------------------------------------------------- paths
@@ -335,17 +423,15 @@ def search_results(raws: list[Any]) -> list[SearchResult]:
 def reference_source(fragment: Any, marker: int) -> tuple[str | None, str | None]:
     """URL and title behind ``[reference:N]``.
 
-    A TOOL_OPEN fragment is one page. A TOOL_SEARCH fragment is a result list and
-    the reference does not say which result: take the one whose ``cite_index``
-    equals N, else the first (the search's top hit).
+    A page fragment (TOOL_OPEN, READ_LINK) has one ``result``. A search fragment
+    (TOOL_SEARCH, TOOL_FIND, SEARCH) is a result list and the reference does not say
+    which result: take the one whose ``cite_index`` equals N, else the first (the
+    search's top hit). Other non-text fragments are read by the same two shapes.
     """
-    if type(fragment) is not dict:
+    if type(fragment) is not dict or fragment.get("type") in TEXT_FRAGMENTS:
         return None, None
-    kind = fragment.get("type")
-    result: Any = None
-    if kind == "TOOL_OPEN":
-        result = fragment.get("result")
-    elif kind == "TOOL_SEARCH":
+    result: Any = fragment.get("result")
+    if type(result) is not dict:
         results = fragment.get("results")
         if type(results) is list and results:
             result = next((r for r in results if type(r) is dict and r.get("cite_index") == marker), results[0])
@@ -354,12 +440,13 @@ def reference_source(fragment: Any, marker: int) -> tuple[str | None, str | None
     return result.get("url"), result.get("title")
 
 
-def error_frame(obj: dict[str, Any]) -> tuple[str, str | None, bool] | None:
-    """``(message, finish_reason, clear_response)`` when a data frame is an error object.
+def error_frame(obj: dict[str, Any]) -> tuple[str, str | None, bool, int | None] | None:
+    """``(message, finish_reason, clear_response, code)`` when a data frame is an error object.
 
-    The ``hint`` payload shape (``type: error``) is the documented one (§7.9); the
-    framing of the busy error is unpublished, so an ``error`` member or a non-zero
-    ``code`` with a message are accepted too.
+    The ``hint``/``toast`` payload shape (``type: error``) is the documented one (§7.9,
+    §16.4); the framing of the busy error is unpublished, so an ``error`` member or a
+    non-zero ``code`` with a message (``{"code":40301,"msg":"INVALID_POW_RESPONSE"}``)
+    are accepted too.
     """
     if obj.get("type") == "error":
         message = obj.get("content") or obj.get("message") or obj.get("msg")
@@ -371,10 +458,12 @@ def error_frame(obj: dict[str, Any]) -> tuple[str, str | None, bool] | None:
     else:
         return None
     finish_reason = obj.get("finish_reason")
+    code = obj.get("code")
     return (
         str(message or "upstream error"),
         finish_reason if type(finish_reason) is str else None,
         bool(obj.get("clear_response")),
+        code if type(code) is int else None,
     )
 
 
@@ -390,10 +479,28 @@ def json_object(payload: str) -> dict[str, Any] | None:
 
 
 class StreamParser:
-    """Bytes of a completion body in, typed events out (see ds2a.deepseek.events)."""
+    """Bytes of a completion body in, typed events out (see ds2a.deepseek.events).
 
-    def __init__(self, resume_from: StreamParser | None = None) -> None:
-        self._sse = SSEDecoder()
+    ``keep_text=True`` keeps the whole text of every fragment in the state (tests and
+    debugging read it with ``snapshot()``); by default relayed text is forgotten.
+    ``max_block`` and ``max_retained`` bound memory (see the module docstring).
+    """
+
+    def __init__(
+        self,
+        resume_from: StreamParser | None = None,
+        *,
+        keep_text: bool = False,
+        max_block: int = MAX_BLOCK_BYTES,
+        max_retained: int = MAX_RETAINED,
+    ) -> None:
+        if resume_from is not None:
+            keep_text, max_block, max_retained = resume_from.keep_text, resume_from._sse.max_block, resume_from.max_retained
+        self._sse = SSEDecoder(max_block)
+        self.keep_text = keep_text
+        self.max_retained = max_retained
+        self.retained = 0  # estimate of what the state holds besides forgotten text
+        self.aborted = False  # the parser gave up on a stream the upstream may still be writing
         self.state: dict[str, Any] = {}
         self.request_message_id: int | None = None
         self.response_message_id: int | None = None
@@ -428,11 +535,14 @@ class StreamParser:
 
     def feed(self, data: bytes) -> list[Event]:
         out: list[Event] = []
-        for name, payload in self._sse.feed(data):
+        sse = self._sse
+        for name, payload in sse.feed(data):
             if name == "message":
                 self._on_message(payload, out)
             else:
                 self._on_named(name, payload, out)
+        if sse.overflowed and not self.finished:
+            self._abort(f"the upstream sent an SSE block larger than {sse.max_block} bytes", out)
         return out
 
     def close(self) -> list[Event]:
@@ -443,6 +553,8 @@ class StreamParser:
                 self._on_message(payload, out)
             else:
                 self._on_named(name, payload, out)
+        if self._sse.overflowed and not self.finished:
+            self._abort(f"the upstream sent an SSE block larger than {self._sse.max_block} bytes", out)
         if not self.finished:
             self._terminate(StreamError(ErrorKind.PROTOCOL, "upstream body ended without a final status"), out)
         self._drop_fast()
@@ -464,11 +576,10 @@ class StreamParser:
             if '"' not in text and "\\" not in text:
                 if text:
                     buffer = fast[0]
-                    parts = buffer.parts
-                    parts.append(text)
-                    buffer.length += len(text)
-                    if len(parts) >= _PIECES_PER_CHUNK:
-                        buffer.compact()
+                    if self.keep_text:
+                        buffer.append(text)
+                    else:
+                        buffer.length += len(text)  # relayed at once: only its length is kept
                     out.append(fast[1](text))
                 return
         if payload == "[DONE]":
@@ -477,7 +588,7 @@ class StreamParser:
         try:
             obj = _loads(payload)
         except ValueError:
-            self._terminate(StreamError(ErrorKind.PROTOCOL, f"invalid JSON in stream frame: {payload[:200]!r}"), out)
+            self._abort(f"invalid JSON in stream frame: {payload[:200]!r}", out)
             return
         if type(obj) is not dict:
             return
@@ -485,7 +596,11 @@ class StreamParser:
             value = obj.get("v")
             if fast is not None and len(obj) == 1 and type(value) is str:
                 if value:
-                    fast[0].append(value)
+                    buffer = fast[0]
+                    if self.keep_text:
+                        buffer.append(value)
+                    else:
+                        buffer.length += len(value)
                     out.append(fast[1](value))
                 return
             self._on_patch(obj, out)
@@ -507,9 +622,13 @@ class StreamParser:
             return
         if name == "ready":
             self._on_ready(json_object(payload) or {}, out)
-        elif name in ("hint", "error"):
+        elif name in ERROR_EVENTS:
             obj = json_object(payload)
-            error = error_frame(obj) if obj is not None else (payload or name, None, False)
+            if obj is None:
+                # Unreadable: an error event is still an error; a toast may be mere chrome.
+                error = (payload or name, None, False, None) if name != "toast" else None
+            else:
+                error = error_frame(obj)
             if error is not None:
                 self._fail(*error, out)
         elif name == "close":
@@ -543,6 +662,8 @@ class StreamParser:
             self._op = obj["o"]
         self._apply(self._parts, self._op, obj.get("v"), out)
         self._check_status(out)
+        if self.retained > self.max_retained and not self.finished:
+            self._abort(f"the upstream answer's state outgrew {self.max_retained} characters", out)
         if not self.finished and self._op == "APPEND":
             self._fast = self._fast_target()
 
@@ -581,6 +702,7 @@ class StreamParser:
             self.ignored_ops += 1
             return
         self.state = value
+        self.retained = retained_size(value)
         response = value.get("response")
         if type(response) is dict:
             # The snapshot names the ids too; useful when no ready event came.
@@ -597,18 +719,29 @@ class StreamParser:
             # after text APPENDs; the sticky op makes that "WIPFINISHED" in the state.
             # The state stays exact, but the terminal is read from the written value.
             self._written_status = value
+        grown = retained_size(value)
         if type(parent) is dict:
+            if key not in parent:
+                grown += len(key)
+            elif op == "SET":
+                grown -= retained_size(parent[key])
             parent[key] = value if op == "SET" else appended(parent.get(key), value)
         elif type(parent) is list:
             index = list_index(key, len(parent), allow_end=True)
             if index is None:
                 self.ignored_ops += 1
+                return
             elif index == len(parent):
                 parent.append(value)
+            elif op == "SET":
+                grown -= retained_size(parent[index])
+                parent[index] = value
             else:
-                parent[index] = value if op == "SET" else appended(parent[index], value)
+                parent[index] = appended(parent[index], value)
         else:
             self.ignored_ops += 1
+            return
+        self.retained += grown
 
     def _container_of(self, parts: tuple[str, ...]) -> Any:
         """The object holding the last segment; missing objects on the way are created."""
@@ -679,7 +812,7 @@ class StreamParser:
             self._sync_g2_results(g2_results, out)
         for key, cls in G2_TEXTS:
             if key in response:
-                self._sync_text(("g2", key), response[key], cls, out)
+                self._sync_text(("g2", key), response, key, cls, out)
         usage = response.get("accumulated_token_usage")
         if type(usage) is int and usage != self.token_usage:
             self.token_usage = usage
@@ -695,20 +828,30 @@ class StreamParser:
             source = ("f", fragment_id) if fragment_id is not None else ("i", position)
             cls = TEXT_FRAGMENTS.get(kind)  # type: ignore[arg-type]
             if cls is not None:
-                self._sync_text(source, fragment.get("content"), cls, out)
+                self._sync_text(source, fragment, "content", cls, out)
                 references = fragment.get("references")
                 if cls is AnswerDelta and type(references) is list:
                     self._sync_references(source, references, fragments, out)
-            elif kind == "TOOL_SEARCH":
-                results = fragment.get("results")
-                if type(results) is list:
-                    self._report_results(source, results, out)
-            elif kind == "TOOL_OPEN":
-                result = fragment.get("result")
-                if type(result) is dict:
-                    self._report_results(source, [result], out)
+            else:
+                # Tool fragments (TOOL_SEARCH, TOOL_OPEN and the 2026-09 types TOOL_FIND,
+                # SEARCH, READ_LINK, FILE) are never text; their results feed citations.
+                self._sync_tool(source, kind, fragment, out)
 
-    def _sync_text(self, source: tuple[str, Any], content: Any, cls: type[ReasoningDelta] | type[AnswerDelta], out: list[Event]) -> None:
+    def _sync_tool(self, source: tuple[str, Any], kind: Any, fragment: dict[str, Any], out: list[Event]) -> None:
+        known = kind in SEARCH_FRAGMENTS or kind in OPEN_FRAGMENTS
+        results = fragment.get("results")
+        if type(results) is list and (known or any(type(r) is dict and r.get("url") for r in results)):
+            self._report_results(source, results, out)
+            return
+        result = fragment.get("result")
+        if type(result) is dict and (known or result.get("url")):
+            self._report_results(source, [result], out)
+
+    def _sync_text(
+        self, source: tuple[str, Any], owner: dict[str, Any], key: str,
+        cls: type[ReasoningDelta] | type[AnswerDelta], out: list[Event],
+    ) -> None:
+        content = owner.get(key)
         length = text_length(content)
         if length is None:
             return
@@ -717,6 +860,13 @@ class StreamParser:
         if length > done:
             self._emitted[source] = length
             out.append(cls(text_from(content, done)))
+        if not self.keep_text:
+            # Relayed (or never to be relayed): keep the length, forget the characters.
+            if type(content) is Text:
+                self.retained -= content.release()
+            elif length:
+                self.retained -= length
+                owner[key] = Text.relayed(length)
 
     def _sync_references(self, source: tuple[str, Any], references: list[Any], fragments: list[Any], out: list[Event]) -> None:
         done = self._cited.get(source, 0)
@@ -760,17 +910,29 @@ class StreamParser:
         if type(status) is not str or (status not in FINISH_STATUSES and status not in ERROR_STATUSES):
             status = self._written_status
             if status is None:
-                return
+                # An error status ends the answer already as the BATCH's quasi_status.
+                status = response.get("quasi_status")
+                if type(status) is not str or status not in ERROR_STATUSES:
+                    return
         reason = FINISH_STATUSES.get(status)
         if reason is not None:
             replacement = template_text(response) if reason == "content_filter" else None
-            self._terminate(Finish(reason, replacement), out)
+            resumable = reason != "incomplete" or not ends_with_tip(response)
+            self._terminate(Finish(reason, replacement, resumable), out)
         elif status in ERROR_STATUSES:
-            self._terminate(StreamError(ErrorKind.UPSTREAM, f"upstream ended with status {status}", status.lower()), out)
+            kind, message, finish_reason = ERROR_STATUSES[status]
+            self._terminate(StreamError(kind, message, finish_reason), out)
 
-    def _fail(self, message: str, finish_reason: str | None, clear_response: bool, out: list[Event]) -> None:
-        kind = classify_stream_error(finish_reason, message)
+    def _fail(
+        self, message: str, finish_reason: str | None, clear_response: bool, code: int | None, out: list[Event]
+    ) -> None:
+        kind = classify_stream_error(finish_reason, message, code)
         self._terminate(StreamError(kind, message, finish_reason, clear_response), out)
+
+    def _abort(self, message: str, out: list[Event]) -> None:
+        """Give up on a stream the upstream may still be writing (the caller must stop it)."""
+        self.aborted = True
+        self._terminate(StreamError(ErrorKind.PROTOCOL, message), out)
 
     def _terminate(self, event: Event, out: list[Event]) -> None:
         self._drop_fast()
@@ -809,6 +971,7 @@ class StreamParser:
                 for result in found:
                     if result.url:
                         self._g1_results[result.url] = result.title
+                        self.retained += len(result.url) + len(result.title or "")
                 if found:
                     out.append(SearchResults(found))
                 for result in found:
@@ -855,6 +1018,13 @@ class StreamParser:
         self.response_message_id = previous.response_message_id
         self.model_type = previous.model_type
         self.title = previous.title
+
+
+def ends_with_tip(response: dict[str, Any]) -> bool:
+    """A TIP fragment closes the answer: how a user's stop or a regenerate ends one
+    INCOMPLETE (§16.4); a cut by the server ends without it (the 2026-04-05 capture)."""
+    fragments = response.get("fragments")
+    return type(fragments) is list and bool(fragments) and type(fragments[-1]) is dict and fragments[-1].get("type") == "TIP"
 
 
 def template_text(response: dict[str, Any]) -> str | None:

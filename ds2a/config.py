@@ -37,19 +37,38 @@ class ServerConfig:
     access_log: bool = True
 
 
+# The header personality: the official web client as captured in 2026-08/09 (protocol
+# doc §16.2). DeepSeek bumps its version without notice; README "Upstream changes and
+# operator messages" says how to update these (every header is built from them, in
+# ds2a.deepseek.client.personality_headers).
+WEB_USER_AGENT = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/140.0.0.0 Safari/537.36"
+)
+WEB_CLIENT_VERSION = "2.5.0"
+
+
 @dataclass
 class DeepSeekConfig:
     base_url: str = "https://chat.deepseek.com"
-    # Header personality (protocol doc §2.2). DeepSeek changes these without notice.
-    user_agent: str = "DeepSeek/2.0.4 Android/35"
-    client_version: str = "2.0.4"
-    client_platform: str = "android"
-    client_locale: str = "zh_CN"
+    # Header personality (§2.2, §16.2); extra_headers adds or overrides any header ("" drops one).
+    user_agent: str = WEB_USER_AGENT
+    client_version: str = WEB_CLIENT_VERSION
+    client_platform: str = "web"
+    client_locale: str = "en_US"
+    client_bundle_id: str = "com.deepseek.chat"
+    timezone_offset: int | None = None  # seconds east of UTC; None = the host's zone
     extra_headers: dict[str, str] = field(default_factory=dict)
     model_type: str = "default"  # §12: the only type enabled since 2026-09
     connect_timeout: float = 10.0
     first_byte_timeout: float = 60.0  # request sent -> first stream event
     idle_timeout: float = 300.0  # between two stream events; long thinking is quiet
+    # A stream whose head promises a heartbeat (x-ds-sse-heartbeat-timeout-secs, §16.2) is
+    # dead after this many promised periods of silence, however long idle_timeout is.
+    heartbeat_factor: float = 3.0
+    # The CDN/WAF blocks this host (§16.4): no upstream call for block_backoff seconds,
+    # doubling on each block in a row up to block_backoff_max.
+    block_backoff: float = 60.0
+    block_backoff_max: float = 1800.0
     request_timeout: float = 30.0  # whole non-streaming call (login, session, challenge)
     pool_limit: int = 256  # connections to the upstream, all accounts together
     delete_sessions: bool = True  # delete each chat session after its answer
@@ -285,6 +304,10 @@ def _validate(cfg: Config) -> None:
     for name in ("queue_timeout", "min_gap", "cooldown", "failover_budget", "refresh_margin"):
         if getattr(cfg.pool, name) < 0:
             raise ConfigError(f"pool.{name}: must not be negative")
+    if cfg.deepseek.heartbeat_factor < 1:
+        raise ConfigError(f"deepseek.heartbeat_factor: must be at least 1, got {cfg.deepseek.heartbeat_factor}")
+    if not 0 < cfg.deepseek.block_backoff <= cfg.deepseek.block_backoff_max:
+        raise ConfigError("deepseek.block_backoff: must be positive and at most deepseek.block_backoff_max")
     if not cfg.deepseek.base_url.startswith(("http://", "https://")):
         raise ConfigError(f"deepseek.base_url: must start with http:// or https://, got {cfg.deepseek.base_url!r}")
     for i, key in enumerate(cfg.keys):

@@ -286,7 +286,7 @@ async def test_current_user_sends_the_token_and_personality(stub: Stub, client: 
     assert seen.headers["x-client-platform"] == "android"
     assert seen.headers["x-client-locale"] == "en_US"
     assert seen.headers["x-client-bundle-id"] == "com.deepseek.chat"
-    assert seen.headers["Accept"] == "application/json"
+    assert seen.headers["Accept"] == "*/*"  # the web client's (§16.2)
 
 
 @pytest.mark.parametrize(
@@ -473,14 +473,14 @@ async def test_success_envelope_instead_of_stream_is_protocol(stub: Stub, client
 
 
 async def test_wrong_content_type_is_protocol(stub: Stub, client: DeepSeekClient) -> None:
-    stub.on(COMPLETION_PATH, body(b"<html>challenge</html>", content_type="text/html"))
+    stub.on(COMPLETION_PATH, body(b"challenge", content_type="text/plain"))
     error = await raises(start_completion(client))
     assert error.kind is ErrorKind.PROTOCOL
-    assert "text/html" in error.message
+    assert "text/plain" in error.message
 
 
 async def test_non_json_body_on_a_call_is_protocol(stub: Stub, client: DeepSeekClient) -> None:
-    stub.on("/api/v0/users/current", body(b"<html>oops</html>", content_type="text/html"))
+    stub.on("/api/v0/users/current", body(b"oops", content_type="text/plain"))
     assert (await raises(client.current_user(TOKEN))).kind is ErrorKind.PROTOCOL
 
 
@@ -567,7 +567,7 @@ async def test_waf_challenge_is_named(stub: Stub, client: DeepSeekClient) -> Non
         body(b"<html></html>", status=202, content_type="text/html", headers={"x-amzn-waf-action": "challenge"}),
     )
     error = await raises(client.current_user(TOKEN))
-    assert error.kind is ErrorKind.UNAVAILABLE
+    assert error.kind is ErrorKind.BLOCKED  # §16.4: a block, never an auth failure
     assert "WAF" in error.message
 
 
@@ -827,3 +827,210 @@ def test_resume_guard_forwards_only_when_paused_and_never_stacks() -> None:
     protocol._buffer_paused = True
     protocol.resume_reading(False)
     assert protocol.resumed == [True, False]
+
+
+# --- drift of August-October 2026 (protocol doc §16) -----------------------------------------
+
+
+async def test_default_personality_is_the_current_web_client(stub: Stub) -> None:
+    from ds2a.deepseek.client import host_timezone_offset
+
+    stub.on("/api/v0/users/current", ok({"token": TOKEN}))
+    async with DeepSeekClient(DeepSeekConfig(base_url=stub.url)) as client:
+        await client.current_user(TOKEN)
+    headers = stub.last("/api/v0/users/current").headers
+    assert headers["x-client-platform"] == "web"
+    assert headers["x-client-version"] == "2.5.0"
+    assert headers["x-client-locale"] == "en_US"
+    assert headers["x-client-bundle-id"] == "com.deepseek.chat"
+    assert headers["x-client-timezone-offset"] == str(host_timezone_offset())
+    assert headers["Accept"] == "*/*"
+    assert "Chrome/" in headers["User-Agent"]
+    assert "x-app-version" not in {k.lower() for k in headers}  # dropped by the 2.x web client
+
+
+async def test_personality_is_configurable_in_one_place(stub: Stub) -> None:
+    stub.on("/api/v0/users/login", ok({"user": {"token": "t"}}))
+    config = DeepSeekConfig(
+        base_url=stub.url,
+        client_version="2.6.0",
+        timezone_offset=-14400,
+        extra_headers={"x-client-bundle-id": "", "x-app-version": "2.6.0"},
+    )
+    async with DeepSeekClient(config) as client:
+        await client.login(email="a@x.com", password=PASSWORD)
+    seen = stub.last("/api/v0/users/login")
+    assert seen.headers["x-client-version"] == "2.6.0"
+    assert seen.headers["x-client-timezone-offset"] == "-14400"
+    assert seen.headers["x-app-version"] == "2.6.0"
+    assert "x-client-bundle-id" not in seen.headers  # "" drops a header
+    assert seen.json["os"] == "web"
+
+
+HTML_PAGE = b"<!DOCTYPE html><html><head><title>Just a moment...</title></head><body>captcha</body></html>"
+BLOCKS = {
+    "aws-405-captcha": (405, {"x-amzn-waf-action": "captcha"}, "text/html", HTML_PAGE),
+    "aws-202-challenge": (202, {"x-amzn-waf-action": "challenge"}, "text/html", HTML_PAGE),
+    "202-challenge-body": (202, {}, "application/json", b'{"challenge":"a1b2","type":"js"}'),
+    "cf-403-challenge": (403, {"cf-mitigated": "challenge"}, "text/html", HTML_PAGE),
+    "cf-429-challenge": (429, {"cf-mitigated": "challenge"}, "text/html", HTML_PAGE),
+    "html-200": (200, {}, "text/html", HTML_PAGE),
+    "html-403-no-header": (403, {}, "text/html", HTML_PAGE),
+    "html-untyped-200": (200, {}, "application/octet-stream", HTML_PAGE),
+}
+
+
+@pytest.mark.parametrize("case", list(BLOCKS))
+async def test_cdn_and_waf_blocks_are_blocked_never_auth(stub: Stub, client: DeepSeekClient, case: str) -> None:
+    status, headers, content_type, raw = BLOCKS[case]
+    for path in ("/api/v0/users/current", "/api/v0/users/login", COMPLETION_PATH):
+        stub.on(path, body(raw, status=status, content_type=content_type, headers=headers))
+    errors = [
+        await raises(client.current_user(TOKEN)),
+        await raises(client.login(email="a@x.com", password=PASSWORD)),
+        await raises(start_completion(client)),
+    ]
+    for error in errors:
+        assert error.kind is ErrorKind.BLOCKED, error
+        assert "blocking requests from this host" in error.message
+        assert error.http_status == status
+
+
+async def test_json_403_is_still_auth_and_an_html_outage_is_unavailable(stub: Stub, client: DeepSeekClient) -> None:
+    stub.on("/api/v0/users/current", body(b'{"code":40003,"msg":"Authorization Failed"}', status=403))
+    assert (await raises(client.current_user(TOKEN))).kind is ErrorKind.AUTH
+    stub.on("/api/v0/users/current", body(b"<html>502 Bad Gateway</html>", status=502, content_type="text/html"))
+    assert (await raises(client.current_user(TOKEN))).kind is ErrorKind.UNAVAILABLE
+
+
+async def test_client_version_too_low_tells_the_operator_once(
+    stub: Stub, client: DeepSeekClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="ds2a.deepseek.client")
+    stub.on("/api/v0/users/current", body(b'{"code":40005,"msg":"CLIENT_VERSION_TOO_LOW","data":null}'))
+    stub.on(COMPLETION_PATH, body(b'{"code":40005,"msg":"CLIENT_VERSION_TOO_LOW","data":null}'))
+    first = await raises(client.current_user(TOKEN))
+    second = await raises(start_completion(client))
+    for error in (first, second):
+        assert error.kind is ErrorKind.UPSTREAM and error.code == 40005
+        assert "deepseek.client_version" in error.message and "CLIENT_VERSION_TOO_LOW" in error.message
+    warnings = [r for r in caplog.records if "client_version" in r.getMessage()]
+    assert len(warnings) == 1 and "'9.9.9'" in warnings[0].getMessage()
+
+
+async def test_invalid_pow_response_envelope_is_pow(stub: Stub, client: DeepSeekClient) -> None:
+    stub.on(COMPLETION_PATH, body(b'{"code":40301,"msg":"INVALID_POW_RESPONSE","data":null}'))
+    error = await raises(start_completion(client))
+    assert error.kind is ErrorKind.POW and error.code == 40301
+
+
+async def test_login_of_a_banned_user(stub: Stub, client: DeepSeekClient) -> None:
+    stub.on("/api/v0/users/login", body(b'{"code":0,"msg":"","data":{"biz_code":10,"biz_msg":"USER_IS_BANNED","biz_data":null}}'))
+    error = await raises(client.login(email="a@x.com", password=PASSWORD))
+    assert error.kind is ErrorKind.BANNED and error.biz_code == 10
+    assert "banned" in error.message and "USER_IS_BANNED" in error.message
+
+
+async def test_login_refused_for_this_device_says_use_a_token_account(stub: Stub, client: DeepSeekClient) -> None:
+    stub.on(
+        "/api/v0/users/login",
+        body(b'{"code":0,"msg":"","data":{"biz_code":11,"biz_msg":"RISK_DEVICE_DETECTED","biz_data":null}}'),
+    )
+    error = await raises(client.login(email="a@x.com", password=PASSWORD))
+    assert error.kind is ErrorKind.LOGIN_FAILED and error.biz_code == 11
+    assert "RISK_DEVICE_DETECTED" in error.message and "token account" in error.message
+
+
+async def test_login_of_a_muted_user_says_so(stub: Stub, client: DeepSeekClient) -> None:
+    user = {"token": "t-muted", "chat": {"is_muted": 1, "mute_until": 1791027488.5}}
+    stub.on("/api/v0/users/login", ok({"user": user}))
+    token = await client.login(email="a@x.com", password=PASSWORD)
+    assert token == "t-muted" and token.muted and token.mute_until == 1791027488.5
+    stub.on("/api/v0/users/login", ok({"user": {"token": "t-free", "chat": {"is_muted": 0, "mute_until": None}}}))
+    token = await client.login(email="a@x.com", password=PASSWORD)
+    assert token == "t-free" and not token.muted and token.mute_until is None
+
+
+def heartbeat_stream(stub: Stub, raw: bytes, *, every: float, pause_after: int, pause: float | None) -> Handler:
+    """SSE with the heartbeat header; after ``pause_after`` bytes a pause of ``pause`` s during
+    which only keep-alive comments flow (``None``: total silence until the stub is released)."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream; charset=utf-8", "x-ds-sse-heartbeat-timeout-secs": f"{every:g}"}
+        )
+        await response.prepare(request)
+        await response.write(raw[:pause_after])
+        if pause is None:
+            await stub.release.wait()
+            return response
+        loop = asyncio.get_running_loop()
+        end = loop.time() + pause
+        while loop.time() < end:
+            await asyncio.sleep(every / 2)
+            await response.write(b": \n\n")
+        await response.write(raw[pause_after:])
+        await response.write_eof()
+        return response
+
+    return handler
+
+
+async def test_a_promised_heartbeat_detects_a_dead_stream_long_before_the_idle_timeout(stub: Stub) -> None:
+    raw = capture("new-thinking-plain-answer-20260405.txt")
+    stub.on(COMPLETION_PATH, heartbeat_stream(stub, raw, every=0.2, pause_after=900, pause=None))
+    # Idle and first-byte limits far beyond GUARD: only the heartbeat promise ends this in time.
+    async with DeepSeekClient(make_config(stub.url, first_byte_timeout=60.0, idle_timeout=60.0)) as client:
+        completion = await start_completion(client)
+        assert completion.heartbeat == 0.2
+        received = b""
+        with pytest.raises(DeepSeekError) as info:
+            while True:
+                chunk = await asyncio.wait_for(completion.read(), GUARD)
+                assert chunk, "a dead stream must not end normally"
+                received += chunk
+        assert info.value.kind is ErrorKind.TIMEOUT and "heartbeat" in info.value.message
+        assert received == raw[:900]
+
+
+async def test_heartbeats_keep_a_long_quiet_thought_alive(stub: Stub) -> None:
+    raw = capture("new-thinking-plain-answer-20260405.txt")
+    # Quiet for 3 s, longer than heartbeat x factor (2 s), but the comments keep coming.
+    stub.on(COMPLETION_PATH, heartbeat_stream(stub, raw, every=0.5, pause_after=900, pause=3.0))
+    async with DeepSeekClient(make_config(stub.url, first_byte_timeout=60.0, idle_timeout=60.0, heartbeat_factor=4.0)) as client:
+        completion = await start_completion(client)
+        received = await asyncio.wait_for(read_all(completion), GUARD)
+    assert received.replace(b": \n\n", b"") == raw
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "nan", "soon", ""])
+async def test_a_nonsense_heartbeat_promise_is_ignored(stub: Stub, value: str) -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "x-ds-sse-heartbeat-timeout-secs": value})
+        await response.prepare(request)
+        await response.write(b"data: {}\n\n")
+        await response.write_eof()
+        return response
+
+    stub.on(COMPLETION_PATH, handler)
+    async with DeepSeekClient(make_config(stub.url)) as client:
+        completion = await start_completion(client)
+        assert completion.heartbeat is None
+        await read_all(completion)
+
+
+async def test_an_endless_envelope_is_refused_not_buffered(stub: Stub, client: DeepSeekClient) -> None:
+    from ds2a.deepseek.client import MAX_BODY_BYTES
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        await response.write(b'{"code":0,"msg":"' )
+        for _ in range(MAX_BODY_BYTES // 65536 + 8):
+            await response.write(b"x" * 65536)
+        await response.write_eof()
+        return response
+
+    stub.on("/api/v0/users/current", endless)
+    error = await raises(client.current_user(TOKEN))
+    assert error.kind is ErrorKind.PROTOCOL and "larger than" in error.message

@@ -12,6 +12,17 @@ that a watchdog per stream (see ``Completion``) allows ``first_byte_timeout`` fo
 first chunk and ``idle_timeout`` between chunks, at no per-read cost beyond reading a
 clock.
 
+A stream whose head carries ``x-ds-sse-heartbeat-timeout-secs`` (§16.2) promises a
+frame at least that often; its watchdog then declares it dead after
+``heartbeat_factor`` promised periods of silence instead of the generic idle timeout.
+
+Blocks by the CDN/WAF in front of DeepSeek (§16.4: AWS WAF captcha or challenge,
+Cloudflare challenge, or any HTML page where the API answers JSON or SSE) are
+``ErrorKind.BLOCKED``, never an authentication failure: logging in again cannot help.
+
+Memory: a non-streaming answer is read up to ``MAX_BODY_BYTES``; a stream is handed
+out read by read (the parser bounds what it keeps).
+
 Secrets: tokens travel only in the ``Authorization`` header and passwords only in
 the login body; error messages are built from upstream texts and exception
 summaries, and are scrubbed of the call's secret before they leave this module.
@@ -20,6 +31,7 @@ summaries, and are scrubbed of the call's secret before they leave this module.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import email.utils
 import hashlib
 import json
@@ -34,7 +46,13 @@ import aiohttp
 from yarl import URL
 
 from ds2a.config import DeepSeekConfig
-from ds2a.deepseek.errors import DeepSeekError, ErrorKind, classify_envelope
+from ds2a.deepseek.errors import (
+    CLIENT_VERSION_TOO_LOW,
+    DeepSeekError,
+    ErrorKind,
+    classify_envelope,
+    operator_message,
+)
 from ds2a.deepseek.pow import COMPLETION_PATH, Challenge, PowError
 
 log = logging.getLogger(__name__)
@@ -63,6 +81,95 @@ KEEPALIVE_TIMEOUT = 15.0
 SNIPPET_CHARS = 200  # how much of an unexpected body an error message quotes
 JSON_CONTENT_TYPE = "application/json"
 SSE_CONTENT_TYPE = "text/event-stream"
+HTML_CONTENT_TYPE = "text/html"
+# Envelopes are a few KB (a login, a challenge); an answer beyond this is not one.
+MAX_BODY_BYTES = 4 * 1024 * 1024
+HEARTBEAT_HEADER = "x-ds-sse-heartbeat-timeout-secs"
+MIN_HEARTBEAT_LIMIT = 2.0  # seconds; a silly promise must not cut healthy streams
+
+
+def host_timezone_offset() -> int:
+    """Seconds east of UTC in this host's zone now (the web client's x-client-timezone-offset)."""
+    offset = datetime.datetime.now().astimezone().utcoffset()
+    return int(offset.total_seconds()) if offset is not None else 0
+
+
+def personality_headers(config: DeepSeekConfig) -> dict[str, str]:
+    """Every header that makes ds2a look like the web client (§16.2), from config alone."""
+    offset = config.timezone_offset if config.timezone_offset is not None else host_timezone_offset()
+    headers = {
+        "User-Agent": config.user_agent,
+        "Accept": "*/*",
+        "x-client-platform": config.client_platform,
+        "x-client-version": config.client_version,
+        "x-client-locale": config.client_locale,
+        "x-client-bundle-id": config.client_bundle_id,
+        "x-client-timezone-offset": str(offset),
+    }
+    headers.update(config.extra_headers)
+    return {name: value for name, value in headers.items() if value}
+
+
+class LoginToken(str):
+    """The Bearer token a login returned, and what the login said about the account:
+    a login may succeed for a muted user (``user.chat.is_muted``, §16.3)."""
+
+    muted: bool = False
+    mute_until: float | None = None
+
+    @classmethod
+    def of(cls, token: str, user: dict[str, Any]) -> LoginToken:
+        login = cls(token)
+        chat = user.get("chat")
+        if isinstance(chat, dict) and chat.get("is_muted"):
+            login.muted = True
+            until = chat.get("mute_until")
+            login.mute_until = float(until) if isinstance(until, (int, float)) and not isinstance(until, bool) else None
+        return login
+
+
+def blocked_by(status: int, headers: Mapping[str, str], content_type: str, raw: bytes) -> str | None:
+    """How the CDN/WAF in front of DeepSeek refused this request, or None (§2.1, §16.4)."""
+    waf = headers.get("x-amzn-waf-action")
+    if waf:
+        return f"AWS WAF {waf}, HTTP {status}"
+    if headers.get("cf-mitigated", "").lower() == "challenge":
+        return f"Cloudflare challenge, HTTP {status}"
+    if status == 202:
+        return "a challenge page, HTTP 202"  # the API never answers 202: that is the WAF's interstitial
+    if status < 500 and _is_html(content_type, raw):
+        # (A 5xx page is an outage, not a block: it stays UNAVAILABLE.)
+        return f"an HTML page, HTTP {status}"
+    return None
+
+
+def _is_html(content_type: str, raw: bytes) -> bool:
+    if content_type == HTML_CONTENT_TYPE:
+        return True
+    head = raw[:64].lstrip().lower()
+    return head.startswith((b"<!doctype html", b"<html"))
+
+
+def _blocked_error(what: str, how: str, status: int, headers: Mapping[str, str]) -> DeepSeekError:
+    return DeepSeekError(
+        ErrorKind.BLOCKED,
+        f"{what}: DeepSeek's CDN/WAF is blocking requests from this host ({how}); it asks for a browser "
+        "challenge or captcha, which ds2a does not solve",
+        http_status=status,
+        retry_after=_retry_after(headers),
+    )
+
+
+def _heartbeat(headers: Mapping[str, str]) -> float | None:
+    """The heartbeat period a stream's head promises, if it is a sensible number."""
+    raw = headers.get(HEARTBEAT_HEADER)
+    if not raw:
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        return None
+    return seconds if math.isfinite(seconds) and seconds > 0 else None
 
 
 def _dumps(body: Mapping[str, Any]) -> bytes:
@@ -153,6 +260,7 @@ def _envelope_data(envelope: Any, what: str, *, login: bool, retry_after: float 
     message = (data.get("biz_msg") if isinstance(data, dict) and biz_code else None) or envelope.get("msg") or ""
     message = str(message) or f"{what} failed (code {code}, biz_code {biz_code})"
     kind = classify_envelope(code, biz_code, message, login=login)
+    message = operator_message(code, biz_code, message, login=login)
     mute_until = biz_data.get("mute_until") if isinstance(biz_data, dict) else None
     raise DeepSeekError(
         kind,
@@ -164,8 +272,12 @@ def _envelope_data(envelope: Any, what: str, *, login: bool, retry_after: float 
     )
 
 
-def _http_error(status: int, headers: Mapping[str, str], raw: bytes, what: str) -> DeepSeekError:
-    """A non-200 answer: the status decides the kind, the body (if JSON) supplies the words."""
+def _http_error(status: int, headers: Mapping[str, str], content_type: str, raw: bytes, what: str) -> DeepSeekError:
+    """A non-200 answer: a CDN/WAF block, else the status decides the kind and the body
+    (if JSON) supplies the words."""
+    how = blocked_by(status, headers, content_type, raw)
+    if how is not None:
+        return _blocked_error(what, how, status, headers)
     upstream = ""
     try:
         body = json.loads(raw)
@@ -180,10 +292,7 @@ def _http_error(status: int, headers: Mapping[str, str], raw: bytes, what: str) 
     elif raw:
         upstream = _snippet(raw)
     message = f"{what}: HTTP {status}" + (f": {upstream}" if upstream else "")
-    if headers.get("x-amzn-waf-action"):
-        kind = ErrorKind.UNAVAILABLE
-        message = f"{what}: HTTP {status}, blocked by the AWS WAF challenge"
-    elif status == 429:
+    if status == 429:
         kind = ErrorKind.RATE_LIMITED
     elif status >= 500:
         kind = ErrorKind.UNAVAILABLE
@@ -192,6 +301,21 @@ def _http_error(status: int, headers: Mapping[str, str], raw: bytes, what: str) 
     else:
         kind = ErrorKind.UPSTREAM
     return DeepSeekError(kind, message, http_status=status, retry_after=_retry_after(headers))
+
+
+async def _read_bounded(response: aiohttp.ClientResponse, what: str) -> bytes:
+    """The whole body of a non-streaming answer, refusing one larger than any envelope."""
+    length = response.content_length
+    if length is not None and length > MAX_BODY_BYTES:
+        raise DeepSeekError(ErrorKind.PROTOCOL, f"{what}: a {length}-byte answer where an envelope was expected")
+    parts: list[bytes] = []
+    size = 0
+    while chunk := await response.content.readany():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise DeepSeekError(ErrorKind.PROTOCOL, f"{what}: an answer larger than {MAX_BODY_BYTES} bytes")
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 def _device_id(login: str) -> str:
@@ -236,14 +360,27 @@ class Completion:
 
     __slots__ = (
         "_response", "_readany", "_time", "_limit", "_idle_timeout", "_waiting_since",
-        "_watchdog", "_timed_out", "_waiting_first", "trace_id",
+        "_watchdog", "_timed_out", "_waiting_first", "trace_id", "heartbeat",
     )
 
-    def __init__(self, response: aiohttp.ClientResponse, first_byte_timeout: float, idle_timeout: float) -> None:
+    def __init__(
+        self,
+        response: aiohttp.ClientResponse,
+        first_byte_timeout: float,
+        idle_timeout: float,
+        heartbeat_factor: float = 3.0,
+    ) -> None:
         loop = asyncio.get_running_loop()
         self._response = response
         self._readany = response.content.readany
         self._time = loop.time
+        # A promised heartbeat (§16.2) bounds every silence from here on, the first included:
+        # long thinking is quiet, but the server keeps sending heartbeats through it.
+        self.heartbeat = _heartbeat(response.headers)
+        if self.heartbeat is not None:
+            limit = max(self.heartbeat * heartbeat_factor, MIN_HEARTBEAT_LIMIT)
+            first_byte_timeout = min(first_byte_timeout, limit)
+            idle_timeout = min(idle_timeout, limit)
         self._limit = first_byte_timeout
         self._idle_timeout = idle_timeout
         self._waiting_since: float | None = None  # None while we are not waiting on the upstream
@@ -309,7 +446,8 @@ class Completion:
         else:
             what = "stream: waiting for the next chunk"
         if self._timed_out or isinstance(exc, asyncio.TimeoutError):
-            error = DeepSeekError(ErrorKind.TIMEOUT, f"{what}: upstream silent for too long")
+            promise = f" (it promised a heartbeat every {self.heartbeat:g} s)" if self.heartbeat else ""
+            error = DeepSeekError(ErrorKind.TIMEOUT, f"{what}: upstream silent for too long{promise}")
         else:
             # Whatever breaks after the head is the connection's fault, not a bad answer.
             error = DeepSeekError(ErrorKind.UNAVAILABLE, _transport_error(exc, what).message)
@@ -346,7 +484,8 @@ class DeepSeekClient:
         self._session: aiohttp.ClientSession | None = None
         base = config.base_url.rstrip("/")
         self._urls = {path: URL(base + path) for path in PATHS}
-        self._headers = self._personality(config)
+        self._headers = personality_headers(config)
+        self._told_version = False  # 40005 is logged once, not once per call
         self._call_timeout = aiohttp.ClientTimeout(total=config.request_timeout, connect=config.connect_timeout)
         # total=None: a stream may run for many minutes. Until the head arrives aiohttp's
         # sock_read bounds the wait for it (and _stream_open_limit what sock_read does not
@@ -356,18 +495,6 @@ class DeepSeekClient:
             total=None, connect=config.connect_timeout, sock_read=config.first_byte_timeout
         )
         self._stream_open_limit = config.connect_timeout + config.first_byte_timeout
-
-    @staticmethod
-    def _personality(config: DeepSeekConfig) -> dict[str, str]:
-        headers = {
-            "User-Agent": config.user_agent,
-            "Accept": JSON_CONTENT_TYPE,
-            "x-client-version": config.client_version,
-            "x-client-platform": config.client_platform,
-            "x-client-locale": config.client_locale,
-        }
-        headers.update(config.extra_headers)
-        return headers
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -418,8 +545,9 @@ class DeepSeekClient:
         mobile: str | None = None,
         area_code: str | None = None,
         password: str,
-    ) -> str:
-        """Password login (§3.1); returns the Bearer token. With both logins given, e-mail wins."""
+    ) -> LoginToken:
+        """Password login (§3.1); returns the Bearer token (with the account's mute state,
+        §16.3). With both logins given, e-mail wins."""
         if not email and not mobile:
             raise ValueError("login needs email= or mobile=")
         body: dict[str, Any]
@@ -437,7 +565,8 @@ class DeepSeekClient:
         token = user.get("token") if isinstance(user, dict) else None
         if not isinstance(token, str) or not token:
             raise DeepSeekError(ErrorKind.PROTOCOL, "login: answer without biz_data.user.token")
-        return token
+        assert isinstance(user, dict)
+        return LoginToken.of(token, user)
 
     async def current_user(self, token: str) -> dict[str, Any]:
         """The account behind a token (§3.3); a cheap token check."""
@@ -531,13 +660,16 @@ class DeepSeekClient:
                 async with self.session.request(
                     method, self._urls[path], headers=headers, data=data, allow_redirects=False
                 ) as response:
-                    raw = await response.read()
+                    raw = await _read_bounded(response, what)
                     status, resp_headers, content_type = response.status, response.headers, response.content_type
             except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
                 raise _transport_error(exc, what) from None
             log.debug("%s %s -> HTTP %s", method, what, status)
             if status != 200:
-                raise _http_error(status, resp_headers, raw, what)
+                raise _http_error(status, resp_headers, content_type, raw, what)
+            how = blocked_by(status, resp_headers, content_type, raw)
+            if how is not None:
+                raise _blocked_error(what, how, status, resp_headers)
             envelope = _parse_json(raw, content_type, what)
             return _envelope_data(envelope, what, login=login, retry_after=_retry_after(resp_headers))
         except DeepSeekError as error:
@@ -574,13 +706,17 @@ class DeepSeekClient:
         status, content_type = response.status, response.content_type
         log.debug("POST %s -> HTTP %s %s", what, status, content_type)
         if status == 200 and content_type == SSE_CONTENT_TYPE:
-            return Completion(response, self._config.first_byte_timeout, self._config.idle_timeout)
+            cfg = self._config
+            return Completion(response, cfg.first_byte_timeout, cfg.idle_timeout, cfg.heartbeat_factor)
         try:
-            raw = await response.read()
+            raw = await _read_bounded(response, what)
         except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
             raise _transport_error(exc, what) from None
         if status != 200:
-            raise _http_error(status, response.headers, raw, what)
+            raise _http_error(status, response.headers, content_type, raw, what)
+        how = blocked_by(status, response.headers, content_type, raw)
+        if how is not None:
+            raise _blocked_error(what, how, status, response.headers)
         if content_type != JSON_CONTENT_TYPE:
             raise DeepSeekError(
                 ErrorKind.PROTOCOL, f"{what}: expected {SSE_CONTENT_TYPE}, got {content_type or 'no content type'}"
@@ -589,11 +725,13 @@ class DeepSeekClient:
         _envelope_data(envelope, what, login=False, retry_after=_retry_after(response.headers))
         raise DeepSeekError(ErrorKind.PROTOCOL, f"{what}: a success envelope instead of a stream")
 
-    @staticmethod
-    def _scrubbed(error: DeepSeekError, what: str, token: str | None, secret: str | None) -> DeepSeekError:
+    def _scrubbed(self, error: DeepSeekError, what: str, token: str | None, secret: str | None) -> DeepSeekError:
         message = _redact(error.message, (token, secret))
         if message != error.message:
             error.message = message
             error.args = (message,)
         log.debug("%s failed: %s (%s)", what, error.kind.value, error.message)
+        if error.code == CLIENT_VERSION_TOO_LOW and not self._told_version:
+            self._told_version = True  # every account would say the same: once is enough
+            log.warning("%s (deepseek.client_version is %r)", error.message, self._config.client_version)
         return error

@@ -384,10 +384,21 @@ async def test_missing_and_undecodable_pow_header_get_missing_header(up: Upstrea
 
 
 async def _rejected(up: Upstream, token: str, session: str, header: str) -> Reply:
+    """A rejected answer is the in-stream 40301 of §16.4 (pow_reject_in_stream, the default)."""
     reply = await up.post(COMPLETION, up.body(session, "x"), token, {"x-ds-pow-response": header})
-    assert reply.content_type == "application/json"
-    assert reply.json["code"] == 40300
+    assert reply.content_type == "text/event-stream"
+    assert [b.json for b in parse_sse(reply.body)] == [{"code": 40301, "msg": "INVALID_POW_RESPONSE", "data": None}]
     return reply
+
+
+async def test_rejected_answer_as_the_older_json_envelope(make: MakeSim) -> None:
+    up = await make(pow_reject_in_stream=False)
+    token, session = await up.ready()
+    header = await up.pow(token)
+    await up.post(COMPLETION, up.body(session, "once"), token, {"x-ds-pow-response": header})
+    reply = await up.post(COMPLETION, up.body(session, "x"), token, {"x-ds-pow-response": header})
+    assert reply.content_type == "application/json" and reply.json["code"] == 40300
+    assert up.sim.counters.pow_reject_reasons == {"reused": 1}
 
 
 async def test_wrong_answer_signature_and_target_path_are_rejected(up: Upstream) -> None:

@@ -32,6 +32,38 @@ drop              TCP reset after K SSE blocks                             frame
 slow_first_byte   nothing at all (not even headers) for S seconds          seconds (3)
 ================  ======================================================  =================
 
+Drift of August-October 2026 (protocol doc §16), same mechanism:
+
+=======================  ================================================  =================
+fault                    effect                                            params
+=======================  ================================================  =================
+context_length_exceeded  ends CONTEXT_LENGTH_EXCEEDED after K tokens        tokens (0: before
+                         (status and quasi_status)                         any text)
+status_timeout           ends TIMEOUT after K tokens, likewise             tokens (0)
+toast                    an error ``event: toast`` after K tokens (0:      tokens (0)
+                         instead of the answer); the stream then stays
+                         open ``toast_hold`` seconds before ``close``
+invalid_pow              the in-stream ``{"code":40301,...}`` error        -
+user_stop                stopped as by the web UI after K tokens: TIP      tokens (half)
+                         fragment, INCOMPLETE, ``auto_resume: false``
+stall                    after K SSE blocks, silence (no heartbeat either)  frames (4)
+pause                    a quiet pause after the opening snapshot          seconds (3)
+waf                      the next /api/v0 call of any kind is blocked by    mode (captcha)
+                         the CDN/WAF (modes as ``SimConfig.waf``)
+client_too_old           the next /api/v0 call answers 40005               -
+banned / risk_device     the account's next login answers biz_code 10 / 11 -
+muted_login              the account's next login succeeds, muted          seconds
+=======================  ================================================  =================
+
+Config switches (also ``POST /_sim/config``): ``heartbeat`` (streams promise
+``x-ds-sse-heartbeat-timeout-secs`` and keep it with ``: `` comments), ``waf`` (every
+/api/v0 call blocked: ``captcha`` 405, ``challenge`` 202, ``challenge_body`` 202 JSON,
+``cloudflare`` 403, ``cloudflare_429`` 429, ``html`` 200 HTML), ``min_client_version``,
+``clock_skew`` (the simulator's clock vs the host's: moves ``expire_at``),
+``pow_reject_in_stream`` (a rejected PoW answer is the in-stream 40301; False: the older
+JSON 40300), ``new_fragments``, ``device_check``, ``toast_hold``; at start only:
+``banned`` and ``muted_at_login`` (logins).
+
 Prompt directives, for end-to-end tests through a gateway that picks the account
 itself; they fire on every request that carries them (a retry too), and do not
 fire again on chat/continue:
@@ -44,6 +76,16 @@ fire again on chat/continue:
   ``[[sim:slow_first_byte=S]]``: as the faults above;
 - ``[[sim:expired_token]]``: revoke the token and answer 40003;
 - ``[[sim:invalid_session]]``: answer the biz_code 1 "invalid chat session id" body;
+- ``[[sim:context_length_exceeded]]`` / ``=K``, ``[[sim:status_timeout]]`` / ``=K``,
+  ``[[sim:toast]]`` / ``=K``, ``[[sim:user_stop=K]]``, ``[[sim:stall=K]]``,
+  ``[[sim:pause=S]]``: as the faults above; ``[[sim:heartbeat=S]]``: this stream promises
+  (and keeps) a heartbeat; ``[[sim:new_fragments]]``: the 2026-09 tool fragment types;
+- ``[[sim:invalid_pow]]`` / ``=N``: the first N completions with this exact prompt get the
+  in-stream 40301, later ones are answered (so a gateway's retry can succeed);
+- ``[[sim:waf]]`` / ``[[sim:waf=MODE]]``: this completion is blocked by the CDN/WAF;
+  ``[[sim:client_too_old]]``: answered 40005;
+- ``[[sim:banned]]``, ``[[sim:risk_device]]``, ``[[sim:muted_login=S]]``: the account's
+  token dies (40003) and its next login answers biz_code 10 / biz_code 11 / muted;
 - ``[[sim:tokens=N]]``, ``[[sim:thinking_tokens=N]]``: answer / reasoning length
   (they change the text, and ``expected()`` honours them);
 - ``[[sim:chunk=N]]``, ``[[sim:delay=S]]``, ``[[sim:first_delay=S]]``: framing and pace;
@@ -51,7 +93,11 @@ fire again on chat/continue:
   prompt in ds2a's tool/JSON convention is answered (``ds2a.sim.tools``).
 
 Where the protocol is silent the simulator decides (each marked in the code):
-the wording of 40300 for a wrong/expired/replayed PoW (``INVALID_POW_RESPONSE``),
+the framing of the in-stream 40301 for a wrong/expired/replayed PoW (the error object
+as the only frame; with ``pow_reject_in_stream=False`` the older JSON 40300 with the
+message ``INVALID_POW_RESPONSE``), the envelopes of 40005 and of login biz_codes 10 and
+11, the WAF's HTML, the shapes of the 2026-09 tool fragments (those of the captured
+search and page fragments), a ban outranking the device check at login,
 the framing of the busy error (ready, hint with ``finish_reason: null``, close with
 ``click_behavior: "retry"``), refused turns not using up message ids, continuing a
 message that is not INCOMPLETE (biz_code 26 "invalid message id"), a client

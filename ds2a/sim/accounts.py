@@ -28,6 +28,8 @@ class Account:
     mute_until: float | None = None
     generation: Generation | None = None  # the one generation DeepSeek allows per account
     active: int = 0  # completion/continue requests in their streaming phase
+    banned: bool = False  # every login answers USER_IS_BANNED (§16.3)
+    device_refused: bool = False  # every password login answers RISK_DEVICE_DETECTED (§16.3)
 
     def muted(self, now: float) -> bool:
         return self.mute_until is not None and now < self.mute_until
@@ -181,6 +183,11 @@ class AccountStore:
                 area_code: str | None) -> Account:
         account = Account(key, uuid.uuid4().hex, password, email=email, mobile=mobile, area_code=area_code)
         account.aliases.update(x for x in (email, mobile) if x)
+        config = self.config
+        if account.aliases & set(config.muted_at_login):
+            account.mute_until = time.time() + config.mute_seconds
+        if account.aliases & set(config.banned):
+            account.banned = True
         self._by_login[key] = account
         return account
 

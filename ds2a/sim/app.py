@@ -56,7 +56,9 @@ class Simulator:
         self.config = config or SimConfig()
         self.counters = Counters()
         self.accounts = AccountStore(self.config)
-        self.challenges = ChallengeBook()
+        # The simulator's own clock, which may disagree with the host's (clock_skew).
+        self.challenges = ChallengeBook(clock=lambda: time.time() + self.config.clock_skew)
+        self.directive_hits: collections.Counter[tuple[str, str]] = collections.Counter()  # once-per-prompt directives
         self.faults = FaultBook()
         self.requests: collections.deque[ReceivedRequest] = collections.deque(maxlen=self.config.requests_kept)
         self.generations: set[Generation] = set()
@@ -66,7 +68,7 @@ class Simulator:
     # --- lifecycle ------------------------------------------------------------------
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        app = web.Application(client_max_size=MAX_BODY)
+        app = web.Application(client_max_size=MAX_BODY, middlewares=[routes.gate])
         app[routes.SIM_KEY] = self
         routes.add_routes(app)
         control.add_routes(app)
@@ -120,6 +122,7 @@ class Simulator:
         self.counters = Counters(active_streams=active, max_active_streams=active)
         self.faults.clear()
         self.requests.clear()
+        self.directive_hits.clear()
         for account in self.accounts.accounts():
             account.mute_until = None
 

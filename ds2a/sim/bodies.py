@@ -43,6 +43,19 @@ BUSY_HINT = {
     "clear_response": True,
     "finish_reason": None,
 }
+# Drift of 2026-08..10 (§16). The codes and words are the published ones; the
+# envelopes around them follow the other error bodies (the exact bytes are unpublished).
+BANNED_LOGIN = b'{"code":0,"msg":"","data":{"biz_code":10,"biz_msg":"USER_IS_BANNED","biz_data":null}}'
+RISK_DEVICE_LOGIN = b'{"code":0,"msg":"","data":{"biz_code":11,"biz_msg":"RISK_DEVICE_DETECTED","biz_data":null}}'
+CLIENT_TOO_OLD = b'{"code":40005,"msg":"CLIENT_VERSION_TOO_LOW","data":null}'
+POW_INVALID_IN_STREAM = {"code": 40301, "msg": "INVALID_POW_RESPONSE", "data": None}
+TOAST_ERROR = {"type": "error", "content": "This mode is not supported by your client version. Please update."}
+WAF_PAGE = (
+    b"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>Human Verification</title></head>"
+    b"<body><div id=\"captcha-container\"></div><script>/* challenge */</script></body></html>"
+)
+CHALLENGE_BODY = b'{"challenge":"c2ltdWxhdGVk","type":"js","expires_in":300}'
+
 CLOSE_NONE = {"click_behavior": "none", "auto_resume": False}
 CLOSE_RETRY = {"click_behavior": "retry", "auto_resume": False}
 

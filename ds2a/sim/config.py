@@ -24,7 +24,17 @@ RUNTIME_FIELDS: dict[str, type] = {
     "finish_event": bool,
     "tip": bool,
     "mute_seconds": float,
+    # Drift of 2026-08..10 (protocol doc §16)
+    "heartbeat": float,
+    "waf": str,
+    "min_client_version": str,
+    "clock_skew": float,
+    "pow_reject_in_stream": bool,
+    "new_fragments": bool,
+    "device_check": bool,
+    "toast_hold": float,
 }
+WAF_MODES = ("", "captcha", "challenge", "challenge_body", "cloudflare", "cloudflare_429", "html")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +62,19 @@ class SimConfig:
     session_ttl: int = 259_200
     mute_seconds: float = 3600.0  # default length of a `muted` fault
     requests_kept: int = 256
+    # --- drift of 2026-08..10 (protocol doc §16) ---
+    # > 0: streams carry x-ds-sse-heartbeat-timeout-secs and a ": " comment whenever
+    # nothing was written for half that long (§16.2).
+    heartbeat: float = 0.0
+    waf: str = ""  # one of WAF_MODES: every /api/v0 call is blocked by the CDN/WAF that way (§16.4)
+    min_client_version: str = ""  # older x-client-version (or none) -> 40005 CLIENT_VERSION_TOO_LOW
+    clock_skew: float = 0.0  # seconds the simulator's clock runs ahead of the host's (challenge expiry)
+    pow_reject_in_stream: bool = True  # a rejected PoW answer is the in-stream 40301 (§16.4), else JSON 40300
+    new_fragments: bool = False  # searched answers use SEARCH / TOOL_FIND / READ_LINK / FILE fragments
+    banned: tuple[str, ...] = ()  # logins (email or mobile) answered biz_code 10 USER_IS_BANNED
+    device_check: bool = False  # every password login answered biz_code 11 RISK_DEVICE_DETECTED
+    muted_at_login: tuple[str, ...] = ()  # logins muted (mute_seconds) from their first login on
+    toast_hold: float = 60.0  # after an error toast the stream stays open this long before `close`
 
     def __post_init__(self) -> None:
         for name in ("difficulty", "chunk", "coalesce"):
@@ -61,8 +84,10 @@ class SimConfig:
                      "keepalive_every", "pow_expire_ms", "cite_every", "requests_kept"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
-        if self.delay < 0 or self.first_delay < 0:
+        if self.delay < 0 or self.first_delay < 0 or self.heartbeat < 0 or self.toast_hold < 0:
             raise ValueError("delays must be >= 0")
+        if self.waf not in WAF_MODES:
+            raise ValueError(f"waf must be one of {', '.join(repr(m) for m in WAF_MODES)}")
 
     def with_changes(self, changes: dict[str, Any]) -> SimConfig:
         """A copy with runtime-changeable fields replaced; rejects anything else."""
@@ -74,12 +99,15 @@ class SimConfig:
             if kind is bool:
                 if not isinstance(value, bool):
                     raise ValueError(f"{name} must be a boolean")
+            elif kind is str:
+                if not isinstance(value, str):
+                    raise ValueError(f"{name} must be a string")
             elif isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(f"{name} must be a number")
             elif kind is int and value != int(value):
                 raise ValueError(f"{name} must be an integer")
             clean[name] = kind(value)
-        return dataclasses.replace(self, **clean)
+        return dataclasses.replace(self, **clean)  # __post_init__ checks the new values
 
     def runtime_view(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in RUNTIME_FIELDS}

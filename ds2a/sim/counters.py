@@ -36,6 +36,17 @@ class Counters:
     # Peak number of completion/continue requests in the streaming phase at once on one
     # account, refused ones included: >1 means a client broke the one-at-a-time rule.
     max_active_per_account: int = 0
+    # drift of 2026-08..10 (§16)
+    waf_blocks: int = 0  # requests the CDN/WAF refused (any endpoint)
+    client_too_old: int = 0  # 40005 answers
+    login_banned: int = 0  # logins answered biz_code 10
+    login_device_refused: int = 0  # logins answered biz_code 11
+    muted_logins: int = 0  # successful logins of a muted user
+    toasts: int = 0  # error toasts sent
+    error_statuses: dict[str, int] = field(default_factory=dict)  # CONTEXT_LENGTH_EXCEEDED, TIMEOUT endings
+    user_stops: int = 0  # streams ended by a (simulated) user's stop: TIP + INCOMPLETE
+    stalls: int = 0  # streams that went silent on purpose (stall)
+    heartbeats: int = 0  # keep-alive comments sent because of the heartbeat promise
 
     def snapshot(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -43,6 +54,9 @@ class Counters:
     def reject_pow(self, reason: str) -> None:
         self.pow_rejects += 1
         self.pow_reject_reasons[reason] = self.pow_reject_reasons.get(reason, 0) + 1
+
+    def error_status(self, status: str) -> None:
+        self.error_statuses[status] = self.error_statuses.get(status, 0) + 1
 
     def stream_opened(self) -> None:
         self.active_streams += 1

@@ -6,12 +6,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # Answered instead of a generation (one per request).
-REFUSALS = frozenset({"rate_limit", "input_too_long", "busy", "muted"})
+REFUSALS = frozenset({"rate_limit", "input_too_long", "busy", "muted", "invalid_pow"})
 # Change how a generation streams (several may apply to one request).
-MODIFIERS = frozenset({"content_filter", "incomplete", "drop", "slow_first_byte"})
+MODIFIERS = frozenset({
+    "content_filter", "incomplete", "drop", "slow_first_byte",
+    # drift of 2026-08..10 (§16): endings and errors inside the stream
+    "context_length_exceeded", "status_timeout", "toast", "user_stop", "stall", "pause",
+})
 # Consumed by the next authenticated call of a matching account, whatever the endpoint.
 AUTH = frozenset({"expired_token"})
-KNOWN = REFUSALS | MODIFIERS | AUTH
+# Consumed by the next login of a matching account (§16.3).
+LOGIN = frozenset({"banned", "risk_device", "muted_login"})
+# Consumed by the next /api/v0 call of any kind, before anything else looks at it (§16.2, §16.4).
+GATE = frozenset({"waf", "client_too_old"})
+KNOWN = REFUSALS | MODIFIERS | AUTH | LOGIN | GATE
 
 
 @dataclass(slots=True)

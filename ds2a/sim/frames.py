@@ -82,8 +82,13 @@ class Compiled:
 
 
 @functools.lru_cache(maxsize=256)
-def compile_plan(plan: Plan, chunk: int, keepalive_every: int, tip: bool) -> Compiled:
-    return _Builder(plan, chunk, keepalive_every).build(tip)
+def compile_plan(plan: Plan, chunk: int, keepalive_every: int, tip: bool, new_fragments: bool = False) -> Compiled:
+    """``new_fragments``: the tool fragments of the 2026-09 bundle (§16.4) instead of
+    TOOL_SEARCH/TOOL_OPEN: searches alternate SEARCH (with readable text, appended to
+    as it goes) and TOOL_FIND, opened pages are READ_LINK, and a FILE fragment with text
+    comes first. Their shapes are unpublished: these reuse the captured search and page
+    shapes, so the answer and its citations are the same as without them."""
+    return _Builder(plan, chunk, keepalive_every, new_fragments).build(tip)
 
 
 def think_fragment(fid: int, content: str, stage: int) -> dict[str, Any]:
@@ -129,8 +134,10 @@ def _chunks(items: tuple[str | Marker, ...], size: int) -> list[tuple[str, int] 
 
 
 class _Builder:
-    def __init__(self, plan: Plan, chunk: int, keepalive_every: int) -> None:
+    def __init__(self, plan: Plan, chunk: int, keepalive_every: int, new_fragments: bool = False) -> None:
         self.plan = plan
+        self.new_fragments = new_fragments
+        self.ref_types: dict[int, str] = {}  # fragment id -> the type its references name
         self.chunk = chunk
         self.keepalive_every = keepalive_every
         self.sticky = Sticky()
@@ -213,7 +220,7 @@ class _Builder:
         self.tokens, self.since_keepalive = tokens, since
 
     def _marker(self, marker: Marker) -> None:
-        ref = {"id": marker.ref_id, "type": marker.ref_type}
+        ref = {"id": marker.ref_id, "type": self.ref_types.get(marker.ref_id, marker.ref_type)}
         # The first reference replaces the empty list (explicit SET); later ones APPEND
         # through the sticky op — the exact shapes of the 2026-04-03 capture.
         op = "SET" if self.markers == 0 else "APPEND"
@@ -243,24 +250,49 @@ class _Builder:
              "results": [], "stage_id": stage}
             for f in plan.searches
         ]
+        if self.new_fragments:
+            self._new_search_types(fragments, stage)
         value = batch([("fragments", "APPEND", fragments), ("has_pending_fragment", "SET", False)])
         self._patch("response", "BATCH", value, (("frags", *fragments), ("pending", False)))
         count = len(fragments)
+        first = count - len(plan.searches)  # a FILE fragment may come before the searches
         for k in plan.search_order:
-            where = f"response/fragments/{k - count}"
+            at = first + k - count  # counted from the end, as the captures address them
+            where = f"response/fragments/{at}"
             results = [r.as_json() for r in plan.searches[k].results]
-            self._patch(f"{where}/results", "SET", results, (("set", k - count, "results", results),))
-            self._patch(f"{where}/status", "SET", "FINISHED", (("set", k - count, "status", "FINISHED"),))
+            self._patch(f"{where}/results", "SET", results, (("set", at, "results", results),))
+            if fragments[first + k]["type"] == "SEARCH":
+                # Readable search text grows like an answer would: it must never become one.
+                more = f" — {len(results)} pages found"
+                whole = str(fragments[first + k]["content"]) + more
+                self._patch(f"{where}/content", "APPEND", more, (("set", at, "content", whole),))
+            self._patch(f"{where}/status", "SET", "FINISHED", (("set", at, "status", "FINISHED"),))
+
+    def _new_search_types(self, fragments: list[dict[str, Any]], stage: int) -> None:
+        for k, fragment in enumerate(fragments):
+            if k % 2 == 0:
+                fragment["type"] = "SEARCH"
+                fragment["content"] = f"Searching the web for {fragment['queries'][0]['query']}"
+            else:
+                fragment["type"] = "TOOL_FIND"
+            self.ref_types[fragment["id"]] = fragment["type"]
+        # A file the search read, with text of its own (ids above every id the plan uses).
+        fragments.insert(0, {"id": self.plan.next_fragment_id + 10, "type": "FILE", "status": "FINISHED",
+                             "content": "notes.txt: (file text)", "file": {"name": "notes.txt"}, "stage_id": stage})
 
     def _opens(self, stage: int) -> None:
         plan = self.plan
         self._pending()
         self._comment()
+        kind = "READ_LINK" if self.new_fragments else "TOOL_OPEN"
         fragments = [
-            {"id": f.id, "type": "TOOL_OPEN", "status": "WIP", "result": f.result.as_json(),
-             "reference": {"id": f.search_id, "type": "TOOL_SEARCH"}, "stage_id": stage}
+            {"id": f.id, "type": kind, "status": "WIP", "result": f.result.as_json(),
+             "reference": {"id": f.search_id, "type": self.ref_types.get(f.search_id, "TOOL_SEARCH")},
+             "stage_id": stage}
             for f in plan.opens
         ]
+        for fragment in fragments:
+            self.ref_types[fragment["id"]] = kind
         value = batch([("fragments", "APPEND", fragments), ("has_pending_fragment", "SET", False)])
         self._patch("response", "BATCH", value, (("frags", *fragments), ("pending", False)))
         count = len(fragments)

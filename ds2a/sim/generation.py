@@ -27,7 +27,12 @@ if TYPE_CHECKING:
     from ds2a.sim.app import Simulator
 
 FINISHED, INCOMPLETE, CONTENT_FILTER = "FINISHED", "INCOMPLETE", "CONTENT_FILTER"
+# Drift of 2026-08..10 (§16.4): error statuses, a user's stop (TIP + INCOMPLETE), an error toast.
+CONTEXT_LENGTH_EXCEEDED, TIMEOUT = "CONTEXT_LENGTH_EXCEEDED", "TIMEOUT"
+ERROR_STATUSES = (CONTEXT_LENGTH_EXCEEDED, TIMEOUT)
+STOPPED, TOAST = "STOPPED", "TOAST"  # how the stream ends; the message's status is INCOMPLETE / unchanged
 SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
+HEARTBEAT_HEADER = "x-ds-sse-heartbeat-timeout-secs"
 
 
 @dataclass(slots=True)
@@ -40,6 +45,13 @@ class Behaviour:
     content_filter: bool = False
     incomplete_after: int | None = None  # tokens generated in this stream before it is cut
     drop_after: int | None = None  # SSE blocks written before the connection is aborted
+    end_status: str | None = None  # CONTEXT_LENGTH_EXCEEDED / TIMEOUT after end_after tokens
+    end_after: int = 0  # 0: before any text (the snapshot has no fragment)
+    toast_after: int | None = None  # tokens before an error toast (0: instead of the answer)
+    user_stop_after: int | None = None  # tokens before a user's stop ends it (TIP + INCOMPLETE)
+    stall_after: int | None = None  # SSE blocks before the stream goes silent for good (no heartbeat)
+    pause: float = 0.0  # a quiet pause after the opening snapshot (heartbeats keep flowing)
+    heartbeat: float = 0.0  # > 0: promise a frame this often (header) and keep the promise
 
 
 class _Dropped(Exception):
@@ -54,8 +66,14 @@ class Generation:
         self.message = message
         self.behaviour = behaviour
         self.request = request
-        self.resp = web.StreamResponse(headers={**SSE_HEADERS, "x-ds-trace-id": sim.trace_id()})
+        headers = {**SSE_HEADERS, "x-ds-trace-id": sim.trace_id()}
+        if behaviour.heartbeat > 0:
+            headers[HEARTBEAT_HEADER] = f"{behaviour.heartbeat:g}"
+        self.resp = web.StreamResponse(headers=headers)
         self.stop_requested = False
+        self.stalled = False  # the stall fault fired: nothing more is written, heartbeats included
+        self._heartbeat = behaviour.heartbeat > 0
+        self._last_write = 0.0  # loop time of the last write, for heartbeats
         self.frames = 0
         self.i = 0  # next step index
         self._wake: asyncio.Future[None] | None = None
@@ -90,20 +108,27 @@ class Generation:
     # --- the stream ---------------------------------------------------------------
 
     async def run(self, resume: bool) -> web.StreamResponse:
-        sim, msg = self.sim, self.message
+        sim, msg, behaviour = self.sim, self.message, self.behaviour
         sim.counters.stream_opened()
         self._resume = resume
         start = msg.pos
         ended = False
+        heartbeats: asyncio.Task[None] | None = None
+        before_text = behaviour.end_status is not None and behaviour.end_after == 0 and not resume
         try:
-            if self.behaviour.first_delay:
-                await self.sleep(self.behaviour.first_delay)
+            if behaviour.first_delay:
+                await self.sleep(behaviour.first_delay)
             await self.resp.prepare(self.request)
-            for frame in self._head(resume):
+            if behaviour.heartbeat > 0:
+                heartbeats = asyncio.ensure_future(self._heartbeats(behaviour.heartbeat))
+            for frame in self._head(resume, empty=before_text):
                 await self.emit(frame)
-            ending = await self._body(start, resume)
+            if behaviour.pause:
+                await self.flush()
+                await self.sleep(behaviour.pause)
+            ending = behaviour.end_status if before_text else await self._body(start, resume)
             ended = True
-            await self._tail(ending, start)
+            await self._tail(ending, start)  # type: ignore[arg-type]
             await self.flush()
             await self.resp.write_eof()
         except _Dropped:
@@ -116,17 +141,35 @@ class Generation:
             if isinstance(exc, asyncio.CancelledError):
                 raise
         finally:
+            if heartbeats is not None:
+                heartbeats.cancel()
             self._release()
         return self.resp
 
-    def _head(self, resume: bool) -> list[bytes]:
+    async def _heartbeats(self, every: float) -> None:
+        """Keep the header's promise (§16.2): a ": " comment whenever nothing was written for
+        half the promised period, through pauses and long thinking alike."""
+        loop = asyncio.get_running_loop()
+        half = every / 2
+        while True:
+            await asyncio.sleep(half)
+            if self.stalled or loop.time() - self._last_write < half:
+                continue
+            self._last_write = loop.time()
+            self.sim.counters.heartbeats += 1
+            await self.resp.write(KEEPALIVE)
+
+    def _head(self, resume: bool, empty: bool = False) -> list[bytes]:
         msg = self.message
         frames = [event("ready", self.sim.ready_payload(msg))]
         if resume:
             frames.append(KEEPALIVE)  # where the continue capture has one
         frames.append(event("update_session", {"updated_at": time.time()}))
         compiled = msg.compiled
-        if resume:
+        if empty:
+            # Refused before generating (e.g. the context is too long): no fragment at all.
+            frames.append(self._snapshot([], 0, False, msg.inserted_at))
+        elif resume:
             fragments, pending = fragments_at(compiled, msg.pos, msg.elapsed)
             # The stored message comes back with millisecond precision (continue capture).
             frames.append(self._snapshot(fragments, msg.tokens, pending, round(msg.inserted_at, 3)))
@@ -166,22 +209,40 @@ class Generation:
         }
         return data({"v": {"response": response}})
 
+    def _first_cut(self, resume: bool) -> tuple[int | None, str]:
+        """Tokens this stream may generate before it is cut, and how it then ends."""
+        behaviour = self.behaviour
+        cuts: list[tuple[int, str]] = []
+        if behaviour.incomplete_after is not None:
+            cuts.append((behaviour.incomplete_after, INCOMPLETE))
+        if behaviour.end_status is not None and not resume:
+            cuts.append((behaviour.end_after, behaviour.end_status))
+        if behaviour.toast_after:
+            cuts.append((behaviour.toast_after, TOAST))
+        if behaviour.user_stop_after is not None:
+            cuts.append((behaviour.user_stop_after, STOPPED))
+        if not cuts:
+            return None, INCOMPLETE
+        after, ending = min(cuts, key=lambda c: c[0])
+        return self.message.tokens + after, ending
+
     async def _body(self, start: int, resume: bool) -> str:
         steps = self.message.compiled.steps
         count = len(steps)
-        cut = self.behaviour.incomplete_after
-        budget = None if cut is None else self.message.tokens + cut
+        budget, cut_ending = self._first_cut(resume)
         initial_tokens = self.message.compiled.initial_tokens
         fresh = start if resume else -1  # a continuation re-states p/o after its snapshot
         i = start
         while i < count:
             self.i = i
             if self.stop_requested:
-                return self._cut(i)
+                self._cut(i)
+                return STOPPED  # stop_stream: a user's stop (§16.4)
             step = steps[i]
             if budget is not None and step.kind == TEXT and (
                 steps[i - 1].tokens_after if i else initial_tokens) >= budget:
-                return self._cut(i)
+                self._cut(i)
+                return cut_ending
             if i == fresh:
                 if step.kind == COMMENT:
                     fresh += 1
@@ -247,22 +308,30 @@ class Generation:
 
     async def _tail(self, ending: str, start: int) -> None:
         sim, msg = self.sim, self.message
+        if ending == TOAST:
+            await self._toast_end()
+            return
         sticky = self._state_before(self.i, start)
         frames: list[bytes] = []
         if ending == CONTENT_FILTER:
             frames += self._content_filter_end(sticky)
         else:
+            status = INCOMPLETE if ending == STOPPED else ending
+            if ending == STOPPED:
+                # How the web client's stop ends an answer (08-03 capture): a TIP first.
+                tip = tip_fragment(msg.compiled.plan.next_fragment_id)
+                frames.append(data(sticky.obj("response/fragments", "APPEND", [tip])))
             frames.append(data(sticky.obj("response", "BATCH", batch(
-                [("accumulated_token_usage", "SET", msg.tokens), ("quasi_status", "SET", ending)]))))
+                [("accumulated_token_usage", "SET", msg.tokens), ("quasi_status", "SET", status)]))))
             block = self._open_think(msg.pos)
-            if ending == INCOMPLETE and block >= 0:
+            if status == INCOMPLETE and block >= 0:
                 frames.append(data(sticky.obj(ELAPSED_PATH, "SET", self._elapsed(block))))
-            frames.append(data(sticky.obj("response/status", "SET", ending)))
-        msg.status = ending
+            frames.append(data(sticky.obj("response/status", "SET", status)))
+        msg.status = INCOMPLETE if ending == STOPPED else ending
         if sim.config.finish_event:
             frames.append(event("finish", {}))
         frames.append(event("update_session", {"updated_at": time.time()}))
-        if msg.first_turn and ending != CONTENT_FILTER and not self._resume:
+        if msg.first_turn and ending not in (CONTENT_FILTER, *ERROR_STATUSES) and not self._resume:
             frames.append(event("title", {"content": msg.compiled.plan.title}))
         frames.append(event("close", bodies.CLOSE_NONE))
         for frame in frames:
@@ -270,10 +339,24 @@ class Generation:
         counters = sim.counters
         if ending == FINISHED:
             counters.finished += 1
-        elif ending == INCOMPLETE:
+        elif ending in (INCOMPLETE, STOPPED):
             counters.incomplete += 1
+            counters.user_stops += ending == STOPPED
+        elif ending in ERROR_STATUSES:
+            counters.error_status(ending)
         else:
             counters.content_filtered += 1
+
+    async def _toast_end(self) -> None:
+        """An error toast mid-answer (§16.4): the generation is over, yet the stream stays
+        open for toast_hold before its close, as an upstream that lingers would."""
+        self.message.status = TOAST
+        await self.emit(event("toast", bodies.TOAST_ERROR))
+        await self.flush()
+        self.sim.counters.toasts += 1
+        self._release()
+        await asyncio.sleep(self.sim.config.toast_hold)
+        await self.resp.write(event("close", bodies.CLOSE_NONE))
 
     def _content_filter_end(self, sticky: Sticky) -> list[bytes]:
         """The end of new-content-filter-20260405.txt: the answer is withdrawn."""
@@ -297,6 +380,8 @@ class Generation:
 
     async def emit(self, frame: bytes) -> None:
         self.frames += 1
+        if self._heartbeat:
+            self._last_write = asyncio.get_running_loop().time()
         if self._coalesce > 1:
             self._buffer.append(frame)
             if len(self._buffer) >= self._coalesce:
@@ -312,6 +397,16 @@ class Generation:
                 await asyncio.sleep(0)
         if self.frames == self.behaviour.drop_after:
             await self._drop()
+        if self.frames == self.behaviour.stall_after:
+            await self._stall()
+
+    async def _stall(self) -> None:
+        """A dead stream: the connection stays up and nothing more arrives, not even the
+        promised heartbeat, until the client gives up (or stop_stream)."""
+        await self.flush()
+        self.stalled = True
+        self.sim.counters.stalls += 1
+        await self.sleep(3600.0)
 
     async def flush(self) -> None:
         if self._buffer:
@@ -352,6 +447,36 @@ class Generation:
 def _wake_up(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
+
+
+async def error_frame_stream(sim: Simulator, request: web.Request, obj: dict[str, Any]) -> web.StreamResponse:
+    """An error object as the only frame of the stream (the in-stream 40301, §16.4; the
+    framing around it is unpublished: the simulator sends nothing else)."""
+    resp = web.StreamResponse(headers={**SSE_HEADERS, "x-ds-trace-id": sim.trace_id()})
+    await resp.prepare(request)
+    await resp.write(data(obj))
+    await resp.write_eof()
+    sim.counters.frames_sent += 1
+    return resp
+
+
+async def toast_stream(sim: Simulator, request: web.Request, payload: dict[str, Any],
+                       heartbeat: float) -> web.StreamResponse:
+    """An error toast instead of the answer (§16.4): ready, update_session, toast; then the
+    stream stays open for toast_hold before its close."""
+    headers = {**SSE_HEADERS, "x-ds-trace-id": sim.trace_id()}
+    if heartbeat > 0:
+        headers[HEARTBEAT_HEADER] = f"{heartbeat:g}"
+    resp = web.StreamResponse(headers=headers)
+    await resp.prepare(request)
+    await resp.write(event("ready", payload) + event("update_session", {"updated_at": time.time()})
+                     + event("toast", bodies.TOAST_ERROR))
+    sim.counters.toasts += 1
+    sim.counters.frames_sent += 3
+    await asyncio.sleep(sim.config.toast_hold)
+    await resp.write(event("close", bodies.CLOSE_NONE))
+    await resp.write_eof()
+    return resp
 
 
 async def hint_stream(sim: Simulator, request: web.Request, payload: dict[str, Any], hint: dict[str, Any],

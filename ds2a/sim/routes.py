@@ -12,9 +12,11 @@ from ds2a.deepseek.pow import COMPLETION_PATH
 from ds2a.sim import bodies, directives
 from ds2a.sim.accounts import Message
 from ds2a.sim.directives import Directives
-from ds2a.sim.faults import AUTH, MODIFIERS, REFUSALS, Fault
+from ds2a.sim.faults import AUTH, GATE, LOGIN, MODIFIERS, REFUSALS, Fault
 from ds2a.sim.frames import Compiled, compile_plan
-from ds2a.sim.generation import INCOMPLETE, Behaviour, Generation, hint_stream
+from ds2a.sim.generation import (
+    CONTEXT_LENGTH_EXCEEDED, INCOMPLETE, TIMEOUT, Behaviour, Generation, error_frame_stream, hint_stream, toast_stream,
+)
 from ds2a.sim.text import plan_for, sizes_for
 
 if TYPE_CHECKING:
@@ -25,6 +27,9 @@ SIM_KEY: web.AppKey[Simulator] = web.AppKey("ds2a_sim")
 
 DEFAULT_DROP_FRAMES = 8
 DEFAULT_SLOW_SECONDS = 3.0
+DEFAULT_STALL_FRAMES = 4
+DEFAULT_PAUSE_SECONDS = 3.0
+DEFAULT_WAF_MODE = "captcha"
 
 
 def add_routes(app: web.Application) -> None:
@@ -36,6 +41,60 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/v0/chat/completion", completion)
     app.router.add_post("/api/v0/chat/continue", continue_stream)
     app.router.add_post("/api/v0/chat/stop_stream", stop_stream)
+
+
+# --- in front of everything: the CDN/WAF and the client-version check (§16.2, §16.4) ------
+
+
+@web.middleware
+async def gate(request: web.Request, handler: Any) -> web.StreamResponse:
+    """What answers before the API sees a request: a CDN/WAF block (the whole host is
+    refused, whatever the account), or 40005 for a client version the service no longer
+    accepts. Only /api/v0 is gated; /_sim stays reachable."""
+    if not request.path.startswith("/api/v0/"):
+        return await handler(request)
+    sim = request.app[SIM_KEY]
+    gated = {f.name: f for f in sim.faults.take(GATE, set())}
+    sim.counters.faults_fired += len(gated)
+    mode = str(gated["waf"].params.get("mode", DEFAULT_WAF_MODE)) if "waf" in gated else sim.config.waf
+    if mode:
+        return waf_block(sim, mode)
+    if "client_too_old" in gated or too_old(request.headers.get("x-client-version"), sim.config.min_client_version):
+        sim.counters.client_too_old += 1
+        return reply(sim, bodies.CLIENT_TOO_OLD)
+    return await handler(request)
+
+
+def waf_block(sim: Simulator, mode: str) -> web.Response:
+    """The shapes of §2.1/§16.4; the simulator picks the HTML (a captcha page)."""
+    sim.counters.waf_blocks += 1
+    html = "text/html"
+    if mode == "challenge":
+        return web.Response(body=bodies.WAF_PAGE, status=202, content_type=html,
+                            headers={"x-amzn-waf-action": "challenge"})
+    if mode == "challenge_body":
+        return web.Response(body=bodies.CHALLENGE_BODY, status=202, content_type="application/json")
+    if mode == "cloudflare":
+        return web.Response(body=bodies.WAF_PAGE, status=403, content_type=html, headers={"cf-mitigated": "challenge"})
+    if mode == "cloudflare_429":
+        return web.Response(body=bodies.WAF_PAGE, status=429, content_type=html, headers={"cf-mitigated": "challenge"})
+    if mode == "html":
+        return web.Response(body=bodies.WAF_PAGE, status=200, content_type=html)
+    return web.Response(body=bodies.WAF_PAGE, status=405, content_type=html, headers={"x-amzn-waf-action": "captcha"})
+
+
+def too_old(version: str | None, minimum: str) -> bool:
+    if not minimum:
+        return False
+    return _version(version or "") < _version(minimum)
+
+
+def _version(text: str) -> tuple[int, ...]:
+    parts = []
+    for piece in text.split("."):
+        digits = "".join(c for c in piece if c.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
 
 
 # --- helpers ----------------------------------------------------------------------
@@ -111,8 +170,22 @@ async def login(request: web.Request) -> web.Response:
     if account is None:
         sim.counters.login_failures += 1
         return reply(sim, bodies.WRONG_PASSWORD)
+    faults = {f.name: f for f in sim.faults.take(LOGIN, account.aliases)}
+    sim.counters.faults_fired += len(faults)
+    # Which check comes first upstream is unpublished: a ban outranks the device check here.
+    if account.banned or "banned" in faults:
+        sim.counters.login_banned += 1
+        return reply(sim, bodies.BANNED_LOGIN)
+    if sim.config.device_check or account.device_refused or "risk_device" in faults:
+        sim.counters.login_device_refused += 1
+        return reply(sim, bodies.RISK_DEVICE_LOGIN)
+    now = time.time()
+    if "muted_login" in faults:
+        account.mute_until = now + float(faults["muted_login"].params.get("seconds", sim.config.mute_seconds))
     sim.counters.logins += 1
-    return reply(sim, bodies.ok({"user": account.user_json(time.time())}))
+    if account.muted(now):
+        sim.counters.muted_logins += 1  # a login succeeds for a muted user, and says so (§16.3)
+    return reply(sim, bodies.ok({"user": account.user_json(now)}))
 
 
 async def current_user(request: web.Request) -> web.Response:
@@ -175,7 +248,11 @@ async def completion(request: web.Request) -> web.StreamResponse:
     reason = sim.challenges.verify(request.headers.get("x-ds-pow-response"), COMPLETION_PATH)
     if reason is not None:
         sim.counters.reject_pow(reason)
-        return reply(sim, bodies.POW_MISSING_HEADER if reason in ("missing", "undecodable") else bodies.POW_INVALID)
+        if reason in ("missing", "undecodable"):
+            return reply(sim, bodies.POW_MISSING_HEADER)
+        if sim.config.pow_reject_in_stream:
+            return await error_frame_stream(sim, request, bodies.POW_INVALID_IN_STREAM)
+        return reply(sim, bodies.POW_INVALID)
     if body is None:
         return reply(sim, bodies.invalid_json(), 422)
     absent = missing(body, ("chat_session_id", "prompt"))
@@ -183,7 +260,17 @@ async def completion(request: web.Request) -> web.StreamResponse:
         return reply(sim, bodies.missing_fields(absent), 422)
     prompt = body["prompt"] if isinstance(body["prompt"], str) else str(body["prompt"])
     found = directives.parse(prompt)
-    if "expired_token" in found:
+    if "waf" in found:
+        return waf_block(sim, found.values["waf"] or DEFAULT_WAF_MODE)
+    if "client_too_old" in found:
+        sim.counters.client_too_old += 1
+        return reply(sim, bodies.CLIENT_TOO_OLD)
+    if "invalid_pow" in found and sim.directive_hits[("invalid_pow", prompt)] < found.integer("invalid_pow", 1):
+        # The first N requests with this prompt are rejected as if the answer were stale.
+        sim.directive_hits[("invalid_pow", prompt)] += 1
+        sim.counters.reject_pow("directive")
+        return await error_frame_stream(sim, request, bodies.POW_INVALID_IN_STREAM)
+    if "expired_token" in found or _account_directive(sim, account, found):
         sim.accounts.revoke(account.token)
         sim.counters.auth_failures += 1
         return reply(sim, bodies.INVALID_TOKEN)
@@ -192,6 +279,20 @@ async def completion(request: web.Request) -> web.StreamResponse:
         sim.counters.invalid_sessions += 1
         return reply(sim, bodies.INVALID_SESSION)
     return await _generate(sim, request, account, session, body, prompt, found)
+
+
+def _account_directive(sim: Simulator, account: Account, found: Directives) -> bool:
+    """[[sim:banned]], [[sim:risk_device]], [[sim:muted_login=S]]: something happens to the
+    account; its token dies now, and its next login shows what (§16.3)."""
+    if "banned" in found:
+        account.banned = True
+    elif "risk_device" in found:
+        account.device_refused = True
+    elif "muted_login" in found:
+        account.mute_until = time.time() + found.number("muted_login", sim.config.mute_seconds)
+    else:
+        return False
+    return True
 
 
 async def _generate(sim: Simulator, request: web.Request, account: Account, session: Session,
@@ -217,7 +318,10 @@ async def _generate(sim: Simulator, request: web.Request, account: Account, sess
         thinking, search = bool(body.get("thinking_enabled")), bool(body.get("search_enabled"))
         plan = plan_for(prompt, thinking, search, sizes_for(prompt, sim.config))
         behaviour = _behaviour(sim, found, faults, plan.usage)
-        compiled = compile_plan(plan, behaviour.chunk, sim.config.keepalive_every, sim.config.tip)
+        if behaviour.toast_after == 0:
+            return await toast_stream(sim, request, ready, behaviour.heartbeat)
+        new_fragments = sim.config.new_fragments or "new_fragments" in found
+        compiled = compile_plan(plan, behaviour.chunk, sim.config.keepalive_every, sim.config.tip, new_fragments)
         message = _new_message(session, model_type, thinking, search, compiled, behaviour.delay)
         sim.counters.completions += 1
         return await Generation(sim, account, message, behaviour, request).run(resume=False)
@@ -232,6 +336,9 @@ async def _refuse(sim: Simulator, request: web.Request, ready: dict[str, Any], f
         return await hint_stream(sim, request, ready, bodies.INPUT_TOO_LONG_HINT, bodies.CLOSE_NONE)
     if "busy" in faults or "busy" in found:
         return await hint_stream(sim, request, ready, bodies.BUSY_HINT, bodies.CLOSE_RETRY)
+    if "invalid_pow" in faults:
+        sim.counters.reject_pow("fault")
+        return await error_frame_stream(sim, request, bodies.POW_INVALID_IN_STREAM)
     return None
 
 
@@ -262,7 +369,38 @@ def _behaviour(sim: Simulator, found: Directives, faults: dict[str, Fault], usag
         behaviour.drop_after = max(1, int(faults["drop"].params.get("frames", DEFAULT_DROP_FRAMES)))
     elif "drop" in found:
         behaviour.drop_after = max(1, found.integer("drop", DEFAULT_DROP_FRAMES))
+    _drift_behaviour(sim, found, faults, behaviour, half)
     return behaviour
+
+
+def _drift_behaviour(sim: Simulator, found: Directives, faults: dict[str, Fault], behaviour: Behaviour,
+                     half: int) -> None:
+    """The endings and stream conditions of §16 (a fault's params, else the directive's value)."""
+    for name, status in (("context_length_exceeded", CONTEXT_LENGTH_EXCEEDED), ("status_timeout", TIMEOUT)):
+        after = _amount(name, found, faults, "tokens", 0)
+        if after is not None and (behaviour.end_status is None or after < behaviour.end_after):
+            behaviour.end_status, behaviour.end_after = status, int(after)
+    after = _amount("toast", found, faults, "tokens", 0)
+    if after is not None:
+        behaviour.toast_after = int(after)
+    after = _amount("user_stop", found, faults, "tokens", half)
+    if after is not None:
+        behaviour.user_stop_after = int(after)
+    frames = _amount("stall", found, faults, "frames", DEFAULT_STALL_FRAMES)
+    if frames is not None:
+        behaviour.stall_after = max(1, int(frames))
+    pause = _amount("pause", found, faults, "seconds", DEFAULT_PAUSE_SECONDS)
+    if pause is not None:
+        behaviour.pause = float(pause)
+    behaviour.heartbeat = found.number("heartbeat", sim.config.heartbeat)
+
+
+def _amount(name: str, found: Directives, faults: dict[str, Fault], param: str, default: float) -> float | None:
+    if name in faults:
+        return float(faults[name].params.get(param, default))
+    if name in found:
+        return found.number(name, default)
+    return None
 
 
 def _new_message(session: Session, model_type: str, thinking: bool, search: bool, compiled: Compiled,
@@ -315,6 +453,8 @@ async def continue_stream(request: web.Request) -> web.StreamResponse:
             return refused
         behaviour = _behaviour(sim, directives.EMPTY, faults, message.compiled.plan.usage - message.tokens)
         behaviour.delay = message.delay
+        if behaviour.toast_after == 0:
+            return await toast_stream(sim, request, ready, behaviour.heartbeat)
         message.status = "WIP"
         sim.counters.continues += 1
         return await Generation(sim, account, message, behaviour, request).run(resume=True)

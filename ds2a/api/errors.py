@@ -92,6 +92,7 @@ def pool_error(exc: PoolError) -> ApiError:
 _UPSTREAM = {
     "auth": (502, "upstream_error", "upstream_auth_failed"),
     "login_failed": (502, "upstream_error", "upstream_login_failed"),
+    "banned": (503, "upstream_error", "upstream_account_banned"),
     "muted": (503, "upstream_error", "upstream_account_muted"),
     "rate_limited": (429, "rate_limit_error", "upstream_rate_limited"),
     "busy": (429, "rate_limit_error", "upstream_busy"),
@@ -100,6 +101,7 @@ _UPSTREAM = {
     "input_too_long": (400, "invalid_request_error", "context_length_exceeded"),
     "unavailable": (502, "upstream_error", "upstream_unavailable"),
     "timeout": (504, "upstream_error", "upstream_timeout"),
+    "blocked": (503, "upstream_error", "upstream_blocked"),
     "protocol": (502, "upstream_error", "upstream_protocol_error"),
     "upstream": (502, "upstream_error", "upstream_error"),
 }

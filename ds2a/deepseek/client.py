@@ -40,7 +40,7 @@ import math
 import time
 from collections.abc import Iterable, Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 from yarl import URL
@@ -108,6 +108,20 @@ def personality_headers(config: DeepSeekConfig) -> dict[str, str]:
     }
     headers.update(config.extra_headers)
     return {name: value for name, value in headers.items() if value}
+
+
+class Gate(Protocol):
+    """What the client asks before and tells after every call (ds2a.pool.gate implements it):
+    a CDN/WAF block refuses the whole host, so nothing is sent while one lasts."""
+
+    def admit(self) -> None:
+        """Return to let the call go out; raise DeepSeekError(BLOCKED) while blocked."""
+
+    def blocked(self, error: DeepSeekError) -> None:
+        """The call met a block."""
+
+    def passed(self) -> None:
+        """The call got an answer that was not a block."""
 
 
 class LoginToken(str):
@@ -486,6 +500,7 @@ class DeepSeekClient:
         self._urls = {path: URL(base + path) for path in PATHS}
         self._headers = personality_headers(config)
         self._told_version = False  # 40005 is logged once, not once per call
+        self.upstream_gate: Gate | None = None  # set by the pool: one backoff for the whole upstream
         self._call_timeout = aiohttp.ClientTimeout(total=config.request_timeout, connect=config.connect_timeout)
         # total=None: a stream may run for many minutes. Until the head arrives aiohttp's
         # sock_read bounds the wait for it (and _stream_open_limit what sock_read does not
@@ -655,7 +670,9 @@ class DeepSeekClient:
         what = path.removeprefix("/api/v0/")
         headers = self._call_headers(token, body is not None)
         data = _dumps(body) if body is not None else None
+        responded = False
         try:
+            self._admit()
             try:
                 async with self.session.request(
                     method, self._urls[path], headers=headers, data=data, allow_redirects=False
@@ -664,6 +681,7 @@ class DeepSeekClient:
                     status, resp_headers, content_type = response.status, response.headers, response.content_type
             except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
                 raise _transport_error(exc, what) from None
+            responded = True
             log.debug("%s %s -> HTTP %s", method, what, status)
             if status != 200:
                 raise _http_error(status, resp_headers, content_type, raw, what)
@@ -671,9 +689,12 @@ class DeepSeekClient:
             if how is not None:
                 raise _blocked_error(what, how, status, resp_headers)
             envelope = _parse_json(raw, content_type, what)
-            return _envelope_data(envelope, what, login=login, retry_after=_retry_after(resp_headers))
+            result = _envelope_data(envelope, what, login=login, retry_after=_retry_after(resp_headers))
         except DeepSeekError as error:
+            self._observe(error, responded)
             raise self._scrubbed(error, what, token, secret) from None
+        self._observe(None, True)
+        return result
 
     async def _open_stream(
         self, path: str, token: str, body: Mapping[str, Any], extra: Mapping[str, str] | None
@@ -682,15 +703,35 @@ class DeepSeekClient:
         headers = self._call_headers(token, True)
         if extra:
             headers.update(extra)
+        responded = False
         try:
+            self._admit()
             response = await self._send_stream(path, headers, _dumps(body), what)
+            responded = True
             try:
-                return await self._stream_or_error(response, what)
+                completion = await self._stream_or_error(response, what)
             except BaseException:
                 response.close()
                 raise
         except DeepSeekError as error:
+            self._observe(error, responded)
             raise self._scrubbed(error, what, token, None) from None
+        self._observe(None, True)
+        return completion
+
+    def _admit(self) -> None:
+        if self.upstream_gate is not None:
+            self.upstream_gate.admit()
+
+    def _observe(self, error: DeepSeekError | None, responded: bool) -> None:
+        """Tell the gate what the upstream's answer says about this host (nothing if none came)."""
+        gate = self.upstream_gate
+        if gate is None or not responded:
+            return
+        if error is not None and error.kind is ErrorKind.BLOCKED:
+            gate.blocked(error)
+        else:
+            gate.passed()
 
     async def _send_stream(self, path: str, headers: dict[str, str], data: bytes, what: str) -> aiohttp.ClientResponse:
         try:

@@ -20,7 +20,8 @@ class Health(enum.Enum):
     READY = "ready"
     COOLING = "cooling"  # rate-limited, unreachable, or token invalid after a re-login: rest
     MUTED = "muted"  # restricted by DeepSeek until mute_until
-    LOGIN_FAILED = "login_failed"  # wrong password: disabled, not retried in a loop
+    LOGIN_FAILED = "login_failed"  # wrong password, device refused: disabled, not retried in a loop
+    BANNED = "banned"  # USER_IS_BANNED: never used again while this config runs
 
 
 # How long an account rests after errors the config does not name a time for.
@@ -36,6 +37,9 @@ class Ticket:
     pow_response: str
     expires_at: float  # monotonic time after which the challenge must not be used
     created_at: float  # monotonic; sessions are recycled after a while
+    # Handed to one completion: a solved challenge is good for one answer only (a second
+    # use is refused upstream as INVALID_POW_RESPONSE).
+    claimed: bool = False
 
     def usable(self, now: float) -> bool:
         return now < self.expires_at
@@ -121,8 +125,17 @@ class Account:
         self.health = Health.LOGIN_FAILED
         self.reason = reason
 
+    def ban(self, reason: str) -> None:
+        self.health = Health.BANNED
+        self.reason = reason
+
     def report(self, error: DeepSeekError, *, cooldown: float) -> None:
-        """Update health after an upstream error; the pool handles re-login for AUTH."""
+        """Update health after an upstream error; the pool handles re-login for AUTH.
+
+        Not the account's doing, so no change: BLOCKED (the CDN refuses the host: the
+        pool's gate backs off), POW (a fresh challenge is solved), INPUT_TOO_LONG (the
+        client's conversation), PROTOCOL and UPSTREAM.
+        """
         self.errors += 1
         kind = error.kind
         if kind is ErrorKind.MUTED:
@@ -131,10 +144,14 @@ class Account:
             self.cool(error.retry_after or cooldown, f"rate limited: {error.message}")
         elif kind is ErrorKind.BUSY:
             self.cool(BUSY_REST, f"already generating upstream: {error.message}")
-        elif kind in (ErrorKind.UNAVAILABLE, ErrorKind.TIMEOUT):
+        elif kind is ErrorKind.UNAVAILABLE:
             self.cool(UNAVAILABLE_REST, f"upstream unreachable: {error.message}")
+        elif kind is ErrorKind.TIMEOUT:
+            self.cool(UNAVAILABLE_REST, f"upstream timed out: {error.message}")
         elif kind is ErrorKind.LOGIN_FAILED:
             self.disable(f"login failed: {error.message}")
+        elif kind is ErrorKind.BANNED:
+            self.ban(error.message)
         elif kind is ErrorKind.AUTH:
             if self.direct:
                 return  # the caller's own token: their problem, reported to them as 401

@@ -2,12 +2,15 @@
 
 ``open_stream`` leases an account and starts the completion. Anything that goes
 wrong before the first text arrives (login, session, proof of work, the call, an
-in-stream hint such as a rate limit) moves the request to another account, within
-``pool.max_attempts`` and ``pool.failover_budget``: the client sees one clean answer
-or one clean error. After that, ``UpstreamStream.read_events`` hands out event batches; an
-``INCOMPLETE`` answer is continued with ``chat/continue`` so the client receives it
-whole, once. ``close()`` stops the upstream if needed, deletes the session and
-releases the lease, in the background, exactly once.
+in-stream hint such as a rate limit, a TIMEOUT status) moves the request to another
+account, within ``pool.max_attempts`` and ``pool.failover_budget``: the client sees one
+clean answer or one clean error. A rejected proof of work (40301) is retried with a
+freshly solved challenge, on any account, the same one included. A CDN/WAF block is
+not retried at all: the pool's gate closes for the whole upstream (``ds2a.pool.gate``).
+After that, ``UpstreamStream.read_events`` hands out event batches; an ``INCOMPLETE``
+answer the server cut is continued with ``chat/continue`` so the client receives it
+whole, once (one a user stopped stays stopped). ``close()`` stops the upstream if
+needed, deletes the session and releases the lease, in the background, exactly once.
 """
 
 from __future__ import annotations
@@ -109,7 +112,7 @@ class UpstreamStream:
 
     def _on_terminal(self, events: list[Event]) -> list[Event]:
         terminal = next((e for e in reversed(events) if type(e) in (Finish, StreamError)), None)
-        if type(terminal) is Finish and terminal.reason == "incomplete" and self.rounds_left > 0:
+        if type(terminal) is Finish and terminal.reason == "incomplete" and terminal.resumable and self.rounds_left > 0:
             # Swallow this end and carry on where the upstream stopped (protocol doc §8), on
             # the next read: the text of this batch goes to the client before that request.
             self.rounds_left -= 1
@@ -154,7 +157,11 @@ class UpstreamStream:
         if self.closed:
             return
         self.closed = True
-        self.pool.spawn(self._cleanup(stop=not self.done if stop is None else stop))
+        if stop is None:
+            # The parser gave up on a stream the upstream may still be writing (too large,
+            # unreadable): that generation must be stopped too.
+            stop = not self.done or self.parser.aborted
+        self.pool.spawn(self._cleanup(stop=stop))
 
     async def _cleanup(self, *, stop: bool) -> None:
         try:
@@ -193,7 +200,7 @@ class UpstreamStream:
         if self.completion is not None:
             self.completion.close()
         message_id = self.parser.response_message_id
-        if message_id is not None and self.session_id and not self.parser.finished:
+        if message_id is not None and self.session_id and (not self.parser.finished or self.parser.aborted):
             try:
                 await self.client.stop_stream(self.lease.token, session_id=self.session_id, message_id=message_id)
             except DeepSeekError as exc:
@@ -221,6 +228,7 @@ async def open_stream(
     group: Group | None = None
     deadline: float | None = None
     for _attempt in range(cfg.max_attempts):
+        pool.gate.check()  # the CDN/WAF blocks this host: answer at once, send nothing
         timeout = None
         if deadline is not None:
             timeout = deadline - time.monotonic()
@@ -243,14 +251,18 @@ async def open_stream(
             stream.close(stop=True)
             last_error = exc
             group = lease.group
+            if exc.kind is ErrorKind.BLOCKED:
+                raise pool.gate.refusal() from None  # the same 503 every request gets meanwhile
             log.info("attempt on %s failed (%s): %s", lease.account.label, exc.kind.value, exc.message)
             if not exc.retryable:
                 raise
-            if lease.direct:
+            if lease.direct and exc.kind is not ErrorKind.POW:
                 _with_retry_hint(exc, pool, group)
                 raise
-            if exc.kind is not ErrorKind.INVALID_SESSION:
-                tried.append(lease.account)  # a dead session is no reason to avoid the account
+            if exc.kind not in (ErrorKind.INVALID_SESSION, ErrorKind.POW):
+                # A dead session or a rejected challenge is no reason to avoid the account:
+                # the next attempt brings a new session or a freshly solved challenge.
+                tried.append(lease.account)
         except BaseException:
             stream.close(stop=True)
             raise

@@ -29,6 +29,7 @@ from ds2a.deepseek.client import DeepSeekClient
 from ds2a.deepseek.errors import DeepSeekError, ErrorKind
 from ds2a.pool.account import Account, Health, Ticket
 from ds2a.pool.errors import PoolBusy, PoolClosing, PoolResting, PoolUnavailable
+from ds2a.pool.gate import UpstreamGate
 from ds2a.pool.tokens import TokenStore
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,9 @@ class AccountPool:
         self.spare_sessions: dict[Account, tuple[str, float]] = {}  # unused sessions to reuse
         self.tasks: set[asyncio.Task[Any]] = set()
         self.closing = False
+        # One backoff for the whole upstream while its CDN/WAF blocks this host (gate.py).
+        self.gate = UpstreamGate(config.deepseek.block_backoff, config.deepseek.block_backoff_max)
+        client.upstream_gate = self.gate
 
     # --- life cycle -----------------------------------------------------------
 
@@ -381,6 +385,7 @@ class AccountPool:
             "accounts": [a.snapshot(now, limit) for a in self.accounts],
             "queued": len(self.group.waiters),
             "direct_tokens": len(self.direct_groups),
+            "upstream": self.gate.snapshot(),
         }
 
     # --- tickets: sessions and solved challenges ------------------------------
@@ -399,6 +404,9 @@ class AccountPool:
             at = account.recovers_at()
             if at is not None:
                 asyncio.get_running_loop().call_at(at + 0.01, self.schedule_prepare, account)
+            return
+        if self.gate.closed():  # blocked by the CDN/WAF: prepare once the backoff ends
+            asyncio.get_running_loop().call_at(self.gate.reopens_at() + 0.01, self.schedule_prepare, account)
             return
         account.preparing = self.spawn(self._prepare_in_background(account))
 
@@ -460,8 +468,10 @@ class AccountPool:
                         # password must not be tried twice): fail over instead.
                         raise
                     # Still usable (e.g. a dead token to replace): one more try on the request's time.
-            if ticket is None or not ticket.usable(time.monotonic()):
+            if ticket is None or not ticket.usable(time.monotonic()) or ticket.claimed:
+                # (claimed: another lease of this account waited on the same preparation)
                 ticket = await self.prepare(account)
+        ticket.claimed = True  # one challenge, one completion: never sent twice
         if account.ticket is ticket:
             account.ticket = None
             if account.refresh_timer:
@@ -501,15 +511,18 @@ class AccountPool:
         else:
             created = time.monotonic()
             session_id = await self.client.create_session(token)
+        asked = time.monotonic()  # the server issues the challenge after this
         challenge = await self.client.create_pow_challenge(token, pow_.COMPLETION_PATH)
         try:
             answer = await pow_.solve_async(challenge, background=background)
         except pow_.PowError as exc:
             raise DeepSeekError(ErrorKind.POW, str(exc)) from exc
         header = pow_.pow_header(challenge, answer)
-        # Valid until the server's expiry, less a margin for the request still to be sent.
-        remaining = min(challenge.expire_at / 1000 - time.time(), challenge.expire_after / 1000)
-        expires_at = time.monotonic() + remaining - self.pcfg.refresh_margin
+        # Valid for expire_after from its issue, counted on this host's monotonic clock from
+        # when it was asked for (solving time included), less a margin for the request still
+        # to be sent. The server's expire_at is never compared with this host's wall clock:
+        # a clock skew would keep a stale challenge, or drop every fresh one.
+        expires_at = asked + challenge.expire_after / 1000 - self.pcfg.refresh_margin
         return Ticket(session_id=session_id, pow_response=header, expires_at=expires_at, created_at=created)
 
     async def ensure_token(self, account: Account) -> str:
@@ -522,9 +535,10 @@ class AccountPool:
             if account.token:
                 return account.token
             cfg = account.config
-            token = await self.client.login(
+            login = await self.client.login(
                 email=cfg.email, mobile=cfg.mobile, area_code=cfg.area_code, password=cfg.password or ""
             )
+            token = str(login)
             account.token = token
             if account.replacing_token:
                 # Only a login that replaced a dead token counts: if this one dies at once too,
@@ -533,6 +547,12 @@ class AccountPool:
                 account.replacing_token = False
             log.info("logged in account %s", account.label)
             await self.store.put(account.key, token)
+            if getattr(login, "muted", False):
+                # A login succeeds for a muted user and says so (§16.3): muted from this moment,
+                # not after a refused generation. The token stays for when the mute ends.
+                raise DeepSeekError(
+                    ErrorKind.MUTED, "muted by DeepSeek (said at login)", mute_until=getattr(login, "mute_until", None)
+                )
             return token
 
     async def _delete_quietly(self, token: str, session_id: str) -> None:

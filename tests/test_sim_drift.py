@@ -363,3 +363,21 @@ async def test_control_endpoint_sets_the_drift_switches(up: Upstream) -> None:
     async with aiohttp.ClientSession() as http:
         async with http.post(up.base + "/api/v0/users/login", json=login_body()) as resp:
             assert resp.status == 200 and resp.content_type == "text/html"
+
+
+# --- a broken upstream (issue 8) -------------------------------------------------------------------------
+
+
+async def test_endless_block_never_ends_until_the_client_goes_away(up: Upstream) -> None:
+    token, session = await up.ready()
+    running = await up.open_stream(token, session, "[[sim:endless_block=4]] broken")
+    received = b""
+    while len(received) < 2 * 1024 * 1024:
+        chunk = await running.content.readany()
+        assert chunk
+        received += chunk
+    tail = received[received.rfind(b"\n\n") + 2 :]
+    assert tail.startswith(b'data: {"v":"xxxx') and b"\n" not in tail
+    running.close()
+    await eventually(lambda: up.sim.account(token).generation is None)  # type: ignore[union-attr]
+    assert up.sim.counters.endless_blocks == 1

@@ -74,9 +74,9 @@ class UpstreamGate:
             self.episodes += 1
             self.blocked_since = time.time()
             log.warning(
-                "DeepSeek's CDN/WAF is blocking requests from this host: %s. ds2a sends nothing upstream for "
-                "%g s, then tries once, waiting twice as long after each block (up to %g s); clients get 503 "
-                "meanwhile. Logging in again would not help and is not done. See README 'For personal use'.",
+                "%s. ds2a sends nothing upstream for %g s, then tries once, waiting twice as long after each "
+                "block (up to %g s); clients get 503 meanwhile. Logging in again would not help and is not "
+                "done. See README 'For personal use'.",
                 error.message, delay, self.backoff_max,
             )
         else:

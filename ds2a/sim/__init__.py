@@ -48,6 +48,8 @@ user_stop                stopped as by the web UI after K tokens: TIP      token
                          fragment, INCOMPLETE, ``auto_resume: false``
 stall                    after K SSE blocks, silence (no heartbeat either)  frames (4)
 pause                    a quiet pause after the opening snapshot          seconds (3)
+endless_block            after K SSE blocks, a block that never ends       frames (4)
+                         (until the client goes away or stop_stream)
 waf                      the next /api/v0 call of any kind is blocked by    mode (captcha)
                          the CDN/WAF (modes as ``SimConfig.waf``)
 client_too_old           the next /api/v0 call answers 40005               -
@@ -78,7 +80,7 @@ fire again on chat/continue:
 - ``[[sim:invalid_session]]``: answer the biz_code 1 "invalid chat session id" body;
 - ``[[sim:context_length_exceeded]]`` / ``=K``, ``[[sim:status_timeout]]`` / ``=K``,
   ``[[sim:toast]]`` / ``=K``, ``[[sim:user_stop=K]]``, ``[[sim:stall=K]]``,
-  ``[[sim:pause=S]]``: as the faults above; ``[[sim:heartbeat=S]]``: this stream promises
+  ``[[sim:pause=S]]``, ``[[sim:endless_block=K]]``: as the faults above; ``[[sim:heartbeat=S]]``: this stream promises
   (and keeps) a heartbeat; ``[[sim:new_fragments]]``: the 2026-09 tool fragment types;
 - ``[[sim:invalid_pow]]`` / ``=N``: the first N completions with this exact prompt get the
   in-stream 40301, later ones are answered (so a gateway's retry can succeed);

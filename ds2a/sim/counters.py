@@ -47,6 +47,7 @@ class Counters:
     user_stops: int = 0  # streams ended by a (simulated) user's stop: TIP + INCOMPLETE
     stalls: int = 0  # streams that went silent on purpose (stall)
     heartbeats: int = 0  # keep-alive comments sent because of the heartbeat promise
+    endless_blocks: int = 0  # streams that began a block that never ends (endless_block)
 
     def snapshot(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

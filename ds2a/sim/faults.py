@@ -12,6 +12,8 @@ MODIFIERS = frozenset({
     "content_filter", "incomplete", "drop", "slow_first_byte",
     # drift of 2026-08..10 (§16): endings and errors inside the stream
     "context_length_exceeded", "status_timeout", "toast", "user_stop", "stall", "pause",
+    # a broken upstream (issue 8): an SSE block that never ends
+    "endless_block",
 })
 # Consumed by the next authenticated call of a matching account, whatever the endpoint.
 AUTH = frozenset({"expired_token"})

@@ -52,10 +52,11 @@ class Behaviour:
     stall_after: int | None = None  # SSE blocks before the stream goes silent for good (no heartbeat)
     pause: float = 0.0  # a quiet pause after the opening snapshot (heartbeats keep flowing)
     heartbeat: float = 0.0  # > 0: promise a frame this often (header) and keep the promise
+    endless_after: int | None = None  # SSE blocks before a block that never ends (issue 8)
 
 
 class _Dropped(Exception):
-    """The drop fault fired: unwind without counting a client disconnect."""
+    """The drop or endless_block fault fired: unwind without counting a client disconnect."""
 
 
 class Generation:
@@ -399,6 +400,21 @@ class Generation:
             await self._drop()
         if self.frames == self.behaviour.stall_after:
             await self._stall()
+        if self.frames == self.behaviour.endless_after:
+            await self._endless()
+
+    async def _endless(self) -> None:
+        """A block that never ends: one data line growing forever, until the client gives
+        up or stop_stream (a broken upstream; what a gateway must survive, issue 8)."""
+        await self.flush()
+        self.sim.counters.endless_blocks += 1
+        await self.resp.write(b'data: {"v":"')
+        filler = b"x" * 65536
+        while not self.stop_requested:
+            await self.resp.write(filler)
+            await asyncio.sleep(0)
+        self._cut(self.i)
+        raise _Dropped
 
     async def _stall(self) -> None:
         """A dead stream: the connection stays up and nothing more arrives, not even the

@@ -270,7 +270,7 @@ async def completion(request: web.Request) -> web.StreamResponse:
         sim.directive_hits[("invalid_pow", prompt)] += 1
         sim.counters.reject_pow("directive")
         return await error_frame_stream(sim, request, bodies.POW_INVALID_IN_STREAM)
-    if "expired_token" in found or _account_directive(sim, account, found):
+    if "expired_token" in found or _account_directive(sim, account, prompt, found):
         sim.accounts.revoke(account.token)
         sim.counters.auth_failures += 1
         return reply(sim, bodies.INVALID_TOKEN)
@@ -281,9 +281,14 @@ async def completion(request: web.Request) -> web.StreamResponse:
     return await _generate(sim, request, account, session, body, prompt, found)
 
 
-def _account_directive(sim: Simulator, account: Account, found: Directives) -> bool:
+def _account_directive(sim: Simulator, account: Account, prompt: str, found: Directives) -> bool:
     """[[sim:banned]], [[sim:risk_device]], [[sim:muted_login=S]]: something happens to the
-    account; its token dies now, and its next login shows what (§16.3)."""
+    account that serves this prompt first (once per prompt, so a gateway's retry on another
+    account is served); its token dies now, and its next login shows what (§16.3)."""
+    names = [name for name in ("banned", "risk_device", "muted_login") if name in found]
+    if not names or sim.directive_hits[(names[0], prompt)]:
+        return False
+    sim.directive_hits[(names[0], prompt)] += 1
     if "banned" in found:
         account.banned = True
     elif "risk_device" in found:
@@ -389,6 +394,9 @@ def _drift_behaviour(sim: Simulator, found: Directives, faults: dict[str, Fault]
     frames = _amount("stall", found, faults, "frames", DEFAULT_STALL_FRAMES)
     if frames is not None:
         behaviour.stall_after = max(1, int(frames))
+    frames = _amount("endless_block", found, faults, "frames", DEFAULT_STALL_FRAMES)
+    if frames is not None:
+        behaviour.endless_after = max(1, int(frames))
     pause = _amount("pause", found, faults, "seconds", DEFAULT_PAUSE_SECONDS)
     if pause is not None:
         behaviour.pause = float(pause)

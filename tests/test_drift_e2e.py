@@ -249,18 +249,31 @@ def test_a_waf_block_backs_off_the_whole_upstream_without_any_login(
             assert again.value.status_code == 503 and int(again.value.response.headers["retry-after"]) >= 1
         upstream = admin(stack)["upstream"]
         assert upstream["status"] == "blocked" and upstream["blocks_in_a_row"] == 1 and "captcha" in upstream["reason"]
+        assert upstream["backoff"] == 0.5
         assert stack.counters()["waf_blocks"] == 1
         # After the backoff one call probes (here the pool's own preparation): blocked again,
         # so the next wait is twice as long.
         wait_for(lambda: admin(stack)["upstream"]["blocks_in_a_row"] >= 2, what="a second, longer backoff")
         upstream = admin(stack)["upstream"]
-        assert upstream["status"] == "blocked" and 0.5 < upstream["retry_in"] <= 1.0
+        assert upstream["status"] == "blocked" and upstream["backoff"] == 1.0
         assert stack.counters()["waf_blocks"] == 2
-        # The block lifts: once the backoff is over, the next request is the probe, and served.
+        # The block lifts: once the backoff is over, the next call (a request, or the pool's
+        # own preparation: then requests wait for that probe) goes through, and requests are served.
         stack.call(lambda: stack.sim.configure(waf=""))
-        wait_for(lambda: admin(stack)["upstream"]["retry_in"] == 0, what="the backoff to end")
         prompt = "after the block"
-        assert ask(stack, prompt).choices[0].message.content == expected(prompt, False, False, stack.sim.config).answer
+        replies: list[Any] = []
+
+        def served() -> bool:
+            try:
+                replies.append(ask(stack, prompt))
+            except openai.APIStatusError as exc:
+                assert exc.code == "upstream_blocked"
+                time.sleep(0.05)
+                return False
+            return True
+
+        wait_for(served, what="the block to lift")
+        assert replies[0].choices[0].message.content == expected(prompt, False, False, stack.sim.config).answer
         assert admin(stack)["upstream"]["status"] == "ok"
     c = stack.counters()
     assert c["logins"] == before["logins"] and c["login_failures"] == 0 and c["auth_failures"] == 0

@@ -53,6 +53,7 @@ def test_gate_backs_off_with_a_doubling_delay_and_one_probe_at_a_time() -> None:
         gate.admit()  # everyone else waits for it
     gate.blocked(BLOCK)
     assert gate.snapshot()["blocks_in_a_row"] == 2 and gate.snapshot()["retry_in"] == 20.0
+    assert gate.snapshot()["backoff"] == 20.0
     clock.now += 20
     gate.admit()
     gate.blocked(BLOCK)

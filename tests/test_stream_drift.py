@@ -209,3 +209,23 @@ def test_a_user_stop_ends_incomplete_and_not_resumable() -> None:
 def test_a_server_cut_stays_resumable() -> None:
     events = parse(READY + snapshot(answer(3, "Cut he")) + ending("INCOMPLETE", 7) + CLOSE)
     assert events[-1] == Finish("incomplete") and events[-1].resumable
+
+
+# --- robustness of the per-fragment bookkeeping -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        {"p": "response", "v": "not an object"},
+        {"p": "response", "v": ["a", "list"]},
+        {"p": "response/fragments", "v": "not a list"},
+        {"p": "response/fragments/0", "v": "not a fragment"},
+        {"p": "response/fragments/9/content", "o": "APPEND", "v": "nowhere"},
+    ],
+)
+def test_odd_shapes_never_raise_and_text_still_flows(frame: dict[str, Any]) -> None:
+    parser = StreamParser()
+    events = parser.feed(snapshot(answer(3, "a")) + data(frame) + data({"p": "response/fragments/-1/content", "o": "APPEND", "v": "b"}))
+    assert events[0] == AnswerDelta("a")
+    assert all(type(e) in (AnswerDelta, StreamError) for e in events)

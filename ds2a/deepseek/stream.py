@@ -80,6 +80,7 @@ ERROR_STATUSES: dict[str, tuple[ErrorKind, str, str]] = {
 # a url-bearing ``result``/``results`` is read the same way, never as text.
 SEARCH_FRAGMENTS = frozenset({"TOOL_SEARCH", "TOOL_FIND", "SEARCH"})
 OPEN_FRAGMENTS = frozenset({"TOOL_OPEN", "READ_LINK"})
+PLAIN_FRAGMENTS = frozenset({"TIP", "TEMPLATE_RESPONSE"})  # UI text, never a source
 # Named events whose ``type: error`` payload ends the stream (§7.9, §16.4).
 ERROR_EVENTS = frozenset({"hint", "error", "toast"})
 
@@ -90,6 +91,7 @@ MAX_BLOCK_BYTES = 8 * 1024 * 1024
 # results, references, statuses. A searched answer keeps tens of KB.
 MAX_RETAINED = 16 * 1024 * 1024
 _NODE = 8  # what a number, a flag or a container costs in the estimate
+ALL, NONE = -1 << 62, -(1 << 62) - 1  # _sync: every fragment / none (any other value: that index)
 
 # Compacting the piece list every so many appends keeps memory near the text size
 # while each piece is still copied only once.
@@ -339,14 +341,24 @@ def plain(value: Any) -> Any:
 
 def retained_size(value: Any) -> int:
     """Rough size of a decoded JSON value in the parser's state (characters plus a
-    fixed cost per node): what the retention bound counts."""
+    fixed cost per node): what the retention bound counts. Scalars are measured in
+    place, only containers recurse (search results are dicts of strings)."""
     kind = type(value)
     if kind is str:
         return len(value)
     if kind is dict:
-        return _NODE + sum(len(k) + retained_size(v) for k, v in value.items())
+        size = _NODE
+        for key, item in value.items():
+            size += len(key)
+            t = type(item)
+            size += len(item) if t is str else retained_size(item) if t is dict or t is list or t is Text else _NODE
+        return size
     if kind is list:
-        return _NODE + sum(map(retained_size, value))
+        size = _NODE
+        for item in value:
+            t = type(item)
+            size += len(item) if t is str else retained_size(item) if t is dict or t is list or t is Text else _NODE
+        return size
     if kind is Text:
         return value.held
     return _NODE
@@ -676,9 +688,26 @@ class StreamParser:
             return
         if not parts:
             self._set_root(op, value)
+            self._sync(out, ALL)
         else:
             self._set_leaf(parts, op, value)
-        self._sync(out)
+            self._sync(out, self._touched(parts))
+
+    def _touched(self, parts: tuple[str, ...]) -> int:
+        """Which fragment an op on ``parts`` may have changed: its index, NONE, or ALL.
+
+        Most ops address one fragment (its text, results, status, references): only that
+        one is looked at again, not every fragment of a long search answer."""
+        if len(parts) >= 2 and parts[0] == "response":
+            if parts[1] != "fragments":
+                return NONE  # status, usage, G2 paths: no fragment changed
+            response = self.state.get("response")
+            if len(parts) >= 3 and type(response) is dict:
+                fragments = response.get("fragments")
+                if type(fragments) is list:
+                    index = list_index(parts[2], len(fragments))
+                    return NONE if index is None else index
+        return ALL  # the response, its fragment list, or a path nobody knows
 
     def _apply_batch(self, base: tuple[str, ...], items: Any, out: list[Event]) -> None:
         """Sub-frames with paths relative to ``base`` and their own sticky p/o (§7.4 rule 4)."""
@@ -799,14 +828,19 @@ class StreamParser:
 
     # ------------------------------------------------------------------ deriving events
 
-    def _sync(self, out: list[Event]) -> None:
-        """Emit what changed in the response since the last call, in document order."""
+    def _sync(self, out: list[Event], which: int) -> None:
+        """Emit what changed in the response since the last call, in document order;
+        ``which``: the fragment that may have changed (or ALL, or NONE)."""
         response = self.state.get("response")
         if type(response) is not dict:
             return
         fragments = response.get("fragments")
-        if type(fragments) is list:
-            self._sync_fragments(fragments, out)
+        if type(fragments) is list and which != NONE:
+            if which == ALL:
+                for position, fragment in enumerate(fragments):
+                    self._sync_fragment(position, fragment, fragments, out)
+            else:
+                self._sync_fragment(which, fragments[which], fragments, out)
         g2_results = response.get("search_results")
         if type(g2_results) is list:
             self._sync_g2_results(g2_results, out)
@@ -819,32 +853,40 @@ class StreamParser:
             if usage:
                 out.append(Usage(usage))
 
-    def _sync_fragments(self, fragments: list[Any], out: list[Event]) -> None:
-        for position, fragment in enumerate(fragments):
-            if type(fragment) is not dict:
-                continue
-            kind = fragment.get("type")
-            fragment_id = fragment.get("id")
-            source = ("f", fragment_id) if fragment_id is not None else ("i", position)
-            cls = TEXT_FRAGMENTS.get(kind)  # type: ignore[arg-type]
-            if cls is not None:
-                self._sync_text(source, fragment, "content", cls, out)
-                references = fragment.get("references")
-                if cls is AnswerDelta and type(references) is list:
-                    self._sync_references(source, references, fragments, out)
-            else:
-                # Tool fragments (TOOL_SEARCH, TOOL_OPEN and the 2026-09 types TOOL_FIND,
-                # SEARCH, READ_LINK, FILE) are never text; their results feed citations.
-                self._sync_tool(source, kind, fragment, out)
+    def _sync_fragment(self, position: int, fragment: Any, fragments: list[Any], out: list[Event]) -> None:
+        if type(fragment) is not dict:
+            return
+        kind = fragment.get("type")
+        fragment_id = fragment.get("id")
+        source = ("f", fragment_id) if fragment_id is not None else ("i", position)
+        cls = TEXT_FRAGMENTS.get(kind)  # type: ignore[arg-type]
+        if cls is not None:
+            self._sync_text(source, fragment, "content", cls, out)
+            references = fragment.get("references")
+            if cls is AnswerDelta and type(references) is list:
+                self._sync_references(source, references, fragments, out)
+        # Tool fragments (TOOL_SEARCH, TOOL_OPEN and the 2026-09 types TOOL_FIND, SEARCH,
+        # READ_LINK, FILE) are never text; their results feed citations.
+        elif kind in SEARCH_FRAGMENTS:
+            results = fragment.get("results")
+            if type(results) is list:
+                self._report_results(source, results, out)
+        elif kind in OPEN_FRAGMENTS:
+            result = fragment.get("result")
+            if type(result) is dict:
+                self._report_results(source, [result], out)
+        elif kind not in PLAIN_FRAGMENTS:
+            self._sync_unknown(source, fragment, out)
 
-    def _sync_tool(self, source: tuple[str, Any], kind: Any, fragment: dict[str, Any], out: list[Event]) -> None:
-        known = kind in SEARCH_FRAGMENTS or kind in OPEN_FRAGMENTS
+    def _sync_unknown(self, source: tuple[str, Any], fragment: dict[str, Any], out: list[Event]) -> None:
+        """A fragment type nobody has described (FILE, or newer): its url-bearing results
+        count like a search's, its text never counts."""
         results = fragment.get("results")
-        if type(results) is list and (known or any(type(r) is dict and r.get("url") for r in results)):
+        if type(results) is list and any(type(r) is dict and r.get("url") for r in results):
             self._report_results(source, results, out)
             return
         result = fragment.get("result")
-        if type(result) is dict and (known or result.get("url")):
+        if type(result) is dict and result.get("url"):
             self._report_results(source, [result], out)
 
     def _sync_text(
@@ -863,7 +905,8 @@ class StreamParser:
         if not self.keep_text:
             # Relayed (or never to be relayed): keep the length, forget the characters.
             if type(content) is Text:
-                self.retained -= content.release()
+                if content.held:
+                    self.retained -= content.release()
             elif length:
                 self.retained -= length
                 owner[key] = Text.relayed(length)

@@ -42,6 +42,7 @@ class UpstreamGate:
         self._clock = clock
         self.blocks = 0  # blocks in a row, each after the previous backoff ended
         self.until = 0.0  # no call before this (monotonic)
+        self.delay = 0.0  # the current backoff, seconds
         self.reason = ""  # the last block, in the client's words
         self.blocked_since: float | None = None  # wall clock, for operators
         self.episodes = 0  # blocked periods since start
@@ -68,6 +69,7 @@ class UpstreamGate:
         if error.retry_after:
             delay = min(max(delay, error.retry_after), self.backoff_max)
         self.until = now + delay
+        self.delay = delay
         self._probe_until = 0.0
         self.reason = error.message
         if self.blocks == 1:
@@ -90,6 +92,7 @@ class UpstreamGate:
         log.warning("DeepSeek answers requests from this host again (blocked for %.0f s)", lasted)
         self.blocks = 0
         self.until = 0.0
+        self.delay = 0.0
         self._probe_until = 0.0
         self.blocked_since = None
 
@@ -128,13 +131,14 @@ class UpstreamGate:
     def snapshot(self) -> dict[str, Any]:
         """For /admin/accounts: the upstream as a whole."""
         if not self.blocks:
-            return {"status": "ok", "reason": None, "retry_in": None, "blocks_in_a_row": 0, "blocked_since": None,
-                    "episodes": self.episodes}
+            return {"status": "ok", "reason": None, "retry_in": None, "backoff": None, "blocks_in_a_row": 0,
+                    "blocked_since": None, "episodes": self.episodes}
         now = self._clock()
         return {
             "status": "blocked",
             "reason": self.reason,
             "retry_in": round(max(self.reopens_at() - now, 0.0), 1),
+            "backoff": self.delay,
             "blocks_in_a_row": self.blocks,
             "blocked_since": self.blocked_since,
             "episodes": self.episodes,

@@ -17,6 +17,8 @@ from ds2a.deepseek import pow as pow_
 from ds2a.deepseek.client import DeepSeekClient
 from ds2a.pool import AccountPool
 from ds2a.relay.core import Relay
+from ds2a.responses.handler import ResponsesHandler
+from ds2a.responses.store import MemoryStore
 from ds2a.server import ErrorRenderer, HTTPError, HTTPServer, Request, Responder, Router
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,11 @@ class Gateway:
         self.chat = ChatHandler(config, self.relay, self.models, self.auth)
         claude_models = ClaudeModels.from_config(config.anthropic, self.models)
         self.anthropic = MessagesHandler(config, self.relay, claude_models, self.auth)
+        limits = config.responses
+        self.response_store = MemoryStore(
+            max_count=limits.store_max_count, max_age=limits.store_max_age, max_bytes=limits.store_max_bytes
+        )
+        self.responses = ResponsesHandler(self.relay, self.models, self.auth, self.response_store)
         self.router = self._routes()
         render_error = render_error_by_path(
             {"/v1/messages": render_anthropic_error, "/messages": render_anthropic_error}, render_openai_error
@@ -45,6 +52,10 @@ class Gateway:
             router.add("POST", f"{prefix}/chat/completions", self.chat)
             router.add("POST", f"{prefix}/messages", self.anthropic.messages)
             router.add("POST", f"{prefix}/messages/count_tokens", self.anthropic.count_tokens)
+            router.add("POST", f"{prefix}/responses", self.responses.create)
+            router.add("GET", f"{prefix}/responses/{{response_id}}", self.responses.retrieve)
+            router.add("DELETE", f"{prefix}/responses/{{response_id}}", self.responses.delete)
+            router.add("GET", f"{prefix}/responses/{{response_id}}/input_items", self.responses.input_items)
             router.add("GET", f"{prefix}/models", self.list_models)
             router.add("GET", f"{prefix}/models/{{model}}", self.get_model)
         router.add("GET", "/healthz", self.healthz)
@@ -94,7 +105,7 @@ class Gateway:
             "about": "OpenAI-compatible gateway to the DeepSeek web chat, for personal use",
             "endpoints": [
                 "/v1/models", "/v1/chat/completions", "/v1/messages", "/v1/messages/count_tokens",
-                "/healthz", "/admin/accounts",
+                "/v1/responses", "/healthz", "/admin/accounts",
             ],
         }
         responder.send(200, json.dumps(body).encode())

@@ -109,6 +109,15 @@ class AnthropicConfig:
 
 
 @dataclass
+class ResponsesConfig:
+    """Stored responses of the Responses API (``previous_response_id``, ``GET /v1/responses/{id}``)."""
+
+    store_max_count: int = 1000  # responses kept at most, oldest dropped first; 0 stores none
+    store_max_age: float = 86400.0  # seconds a stored response stays readable
+    store_max_bytes: int = 64 * 1024 * 1024  # request + response bytes kept at most, in memory
+
+
+@dataclass
 class AccountConfig:
     email: str | None = None
     mobile: str | None = None
@@ -138,6 +147,7 @@ class Config:
     pool: PoolConfig = field(default_factory=PoolConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
     anthropic: AnthropicConfig = field(default_factory=AnthropicConfig)
+    responses: ResponsesConfig = field(default_factory=ResponsesConfig)
     path: Path | None = None  # where it was loaded from; relative paths resolve here
 
     def resolve(self, relative: str) -> Path:
@@ -155,6 +165,7 @@ SECTIONS = {
     "pool": PoolConfig,
     "api": ApiConfig,
     "anthropic": AnthropicConfig,
+    "responses": ResponsesConfig,
 }
 CHOICES = {
     "api.citations": ("links", "numbers", "remove"),
@@ -308,6 +319,9 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"deepseek.heartbeat_factor: must be at least 1, got {cfg.deepseek.heartbeat_factor}")
     if not 0 < cfg.deepseek.block_backoff <= cfg.deepseek.block_backoff_max:
         raise ConfigError("deepseek.block_backoff: must be positive and at most deepseek.block_backoff_max")
+    for name in ("store_max_count", "store_max_age", "store_max_bytes"):
+        if getattr(cfg.responses, name) < 0:
+            raise ConfigError(f"responses.{name}: must not be negative")
     if not cfg.deepseek.base_url.startswith(("http://", "https://")):
         raise ConfigError(f"deepseek.base_url: must start with http:// or https://, got {cfg.deepseek.base_url!r}")
     for i, key in enumerate(cfg.keys):

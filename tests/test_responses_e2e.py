@@ -15,12 +15,11 @@ from typing import Any
 import openai
 import pytest
 
-from ds2a.relay.conversation import Conversation, Message, Text, Tool
 from ds2a.sim import expected
 from ds2a.sim.bodies import TEMPLATE_TEXT
 from harness import KEY, Stack, http, sdk
 from openai_schema import validate
-from responses_events import check_events, check_response, parse_sse
+from responses_events import check_events, check_response, last_prompt, needs_tools, parse_sse
 
 
 @pytest.fixture(scope="module")
@@ -32,12 +31,6 @@ def stack() -> Iterator[Stack]:
 @pytest.fixture
 def client(stack: Stack) -> openai.OpenAI:
     return sdk(stack)
-
-
-def last_prompt(stack: Stack) -> str:
-    """The prompt of the newest completion the simulator received."""
-    prompts = [r.prompt for r in stack.call(lambda: list(stack.sim.requests)) if r.prompt is not None]
-    return prompts[-1]
 
 
 def post(stack: Stack, body: dict[str, Any], **kw: Any) -> tuple[int, dict[str, str], bytes]:
@@ -68,26 +61,6 @@ def output_text(body: dict[str, Any]) -> str:
     return "".join(
         part["text"] for item in body["output"] if item["type"] == "message" for part in item["content"]
     )
-
-
-def tool_calling_available() -> bool:
-    """Whether this checkout's relay recognises tool calls (the tool-calling work may not be merged yet)."""
-    from ds2a.relay.transforms import TextChain
-
-    class Null:
-        def text(self, text: str) -> None: ...
-
-        def reasoning(self, text: str) -> None: ...
-
-    conversation = Conversation([Message("user", [Text("x")])], tools=[Tool("f")])
-    try:
-        TextChain(Null(), search=False, citation_mode="links", stops=[], conversation=conversation)  # type: ignore[arg-type]
-    except ImportError:
-        return False
-    return True
-
-
-needs_tools = pytest.mark.skipif(not tool_calling_available(), reason="tool calling is not merged into this branch yet")
 
 
 # --- text, streamed and not -----------------------------------------------------------------

@@ -136,6 +136,7 @@ def test_images_files_and_audio_are_a_clear_400(part: dict[str, Any], param: str
         ({"input": [{"type": "telepathy"}]}, "input[0].type", "invalid_value"),
         ({"input": ["hi"]}, "input[0]", "invalid_type"),
         ({"input": 42}, "input", "invalid_type"),
+        ({"input": None}, "input", "missing_required_parameter"),
         ({"instructions": ["x"]}, "instructions", "invalid_type"),
         ({"max_output_tokens": 0}, "max_output_tokens", "integer_below_min_value"),
         ({"max_output_tokens": "9"}, "max_output_tokens", "invalid_type"),
@@ -155,8 +156,14 @@ def test_images_files_and_audio_are_a_clear_400(part: dict[str, Any], param: str
 )
 def test_bad_fields_are_a_400_naming_the_field(body: dict[str, Any], param: str, code: str) -> None:
     body.setdefault("input", "hi")
+    body = {k: v for k, v in body.items() if v is not None}
     err = refused(**body)
     assert (err.param, err.code) == (param, code), err.message
+
+
+def test_a_continuation_may_come_without_new_input() -> None:
+    req = parse(previous_response_id="resp_1", instructions="Go on.")
+    assert req.input_items == [] and req.previous_response_id == "resp_1"
 
 
 def test_body_that_is_not_a_json_object_is_a_400() -> None:

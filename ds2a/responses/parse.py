@@ -245,8 +245,9 @@ def _object(value: Any, path: str) -> dict[str, Any]:
 def _input(data: dict[str, Any]) -> list[dict[str, Any]]:
     raw = data.get("input")
     if raw is None:
-        # A continued response may have only instructions; the model then answers the history.
-        return []
+        if data.get("previous_response_id") is None:
+            _missing("input")
+        return []  # a continued response may answer the stored conversation as it is
     if isinstance(raw, str):
         return [_message_item("user", [{"type": "input_text", "text": raw}])]
     if not isinstance(raw, list):

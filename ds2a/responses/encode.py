@@ -195,7 +195,6 @@ class OutputSink:
             item = self._open("message", "msg")
         item.pieces.append(text)
         self.answer_chars += len(text)
-        self._text_delta(item, text)
 
     def tool_call_start(self, index: int, call_id: str, name: str) -> None:
         self._close_open("completed")
@@ -321,9 +320,6 @@ class OutputSink:
     def _reasoning_delta(self, item: _Item, text: str) -> None:
         pass
 
-    def _text_delta(self, item: _Item, text: str) -> None:
-        pass
-
     def _arguments_delta(self, item: _Item, fragment: str) -> None:
         pass
 
@@ -396,8 +392,21 @@ class StreamSink(OutputSink):
         if len(self.chunks) >= COALESCE_MAX:
             self.flush()
 
+    def text(self, text: str) -> None:
+        # The hot path, inlined: one check of the open item, one template filled.
+        item = self.open
+        if item is None or item.kind != "message":
+            item = self._open("message", "msg")
+        item.pieces.append(text)
+        self.answer_chars += len(text)
+        chunks = self.chunks
+        chunks.append(b"%s%s,\"sequence_number\":%d}\n\n" % (self._delta_head, _quote(text), self.sequence))
+        self.sequence += 1
+        if len(chunks) >= COALESCE_MAX:
+            self.flush()
+
     def _delta(self, head: bytes, text: str) -> None:
-        self.chunks.append(head + _quote(text) + b',"sequence_number":' + str(self.sequence).encode() + b"}\n\n")
+        self.chunks.append(b"%s%s,\"sequence_number\":%d}\n\n" % (head, _quote(text), self.sequence))
         self.sequence += 1
         if len(self.chunks) >= COALESCE_MAX:
             self.flush()
@@ -441,9 +450,6 @@ class StreamSink(OutputSink):
             self._args_heads[item.index] = self._template("response.function_call_arguments.delta", item, None)
 
     def _reasoning_delta(self, item: _Item, text: str) -> None:
-        self._delta(self._delta_head, text)
-
-    def _text_delta(self, item: _Item, text: str) -> None:
         self._delta(self._delta_head, text)
 
     def _arguments_delta(self, item: _Item, fragment: str) -> None:

@@ -463,6 +463,10 @@ def test_an_empty_answer_is_an_empty_message() -> None:
     events, body = both(lambda s: None, Outcome())
     assert body["output"][0]["content"][0]["text"] == ""
     assert "response.output_item.added" in kinds(events)
+    _, body = both(lambda s: s.reasoning("only thoughts"), Outcome())
+    assert [item["type"] for item in body["output"]] == ["reasoning", "message"]
+    _, body = both(lambda s: (s.tool_call_start(0, "call_1", "f"), s.tool_call_end(0)), Outcome(finish_reason="tool_calls"))
+    assert [item["type"] for item in body["output"]] == ["function_call"]
 
 
 def test_citations_are_url_citation_annotations() -> None:

@@ -230,8 +230,9 @@ class OutputSink:
         if error is None and incomplete == "content_filter" and outcome.replacement:
             # The upstream withdrew the answer and put its canned refusal in its place.
             self._message().pieces = [outcome.replacement]
-        elif error is None and self.open is None and not self._has_answer():
-            # Clients look for the answer in a message; an empty answer is an empty message.
+        elif error is None and not self._has_answer():
+            # Clients look for the answer in a message (an agent that finds neither a message
+            # nor a call would go round again): an empty answer is an empty message.
             self._message()
         if self.open is not None and self.open.kind == "message":
             self._close(self.open, item_status, outcome.annotations)
@@ -254,6 +255,8 @@ class OutputSink:
         return "completed", None, None
 
     def _has_answer(self) -> bool:
+        if self.calls or (self.open is not None and self.open.kind == "message"):
+            return True
         return any(item.get("type") in ("message", "function_call") for item in self.output)
 
     def _message(self) -> _Item:

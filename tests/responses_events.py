@@ -4,8 +4,7 @@
 against the schema of its own type (a precise error beats the union's "matched none
 of 58") and checks what the schemas cannot: the ``event:`` name equals the data's
 ``type``, sequence numbers count up from 0, and the stream opens and closes as the
-API's event sequence does. ``last_prompt`` is what the simulator was last asked;
-``needs_tools`` skips a test until tool calling is merged.
+API's event sequence does. ``last_prompt`` is what the simulator was last asked.
 """
 
 from __future__ import annotations
@@ -14,9 +13,6 @@ import functools
 import json
 from typing import TYPE_CHECKING, Any
 
-import pytest
-
-from ds2a.relay.conversation import Conversation, Message, Text, Tool
 from openai_schema import schemas, validate
 
 if TYPE_CHECKING:
@@ -104,23 +100,3 @@ def last_prompt(stack: Stack) -> str:
     """The prompt of the newest completion the simulator received."""
     prompts = [r.prompt for r in stack.call(lambda: list(stack.sim.requests)) if r.prompt is not None]
     return prompts[-1]
-
-
-def tool_calling_available() -> bool:
-    """Whether this checkout's relay recognises tool calls (the tool-calling work may not be merged yet)."""
-    from ds2a.relay.transforms import TextChain
-
-    class Null:
-        def text(self, text: str) -> None: ...
-
-        def reasoning(self, text: str) -> None: ...
-
-    conversation = Conversation([Message("user", [Text("x")])], tools=[Tool("f")])
-    try:
-        TextChain(Null(), search=False, citation_mode="links", stops=[], conversation=conversation)  # type: ignore[arg-type]
-    except ImportError:
-        return False
-    return True
-
-
-needs_tools = pytest.mark.skipif(not tool_calling_available(), reason="tool calling is not merged into this branch yet")

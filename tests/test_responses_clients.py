@@ -25,7 +25,7 @@ import pytest
 
 from ds2a.sim import expected
 from harness import KEY, Stack
-from responses_events import last_prompt, needs_tools
+from responses_events import last_prompt
 
 CODEX_CACHE = Path.home() / ".cache" / "ds2a-clients" / "codex"
 CODEX_PACKAGE = "@openai/codex"
@@ -76,7 +76,6 @@ def test_agents_sdk_streams(stack: Stack) -> None:
     assert "raw_response_event" in kinds
 
 
-@needs_tools
 def test_agents_sdk_runs_a_function_tool_to_a_final_answer(stack: Stack) -> None:
     from agents import Agent, Runner, function_tool
 
@@ -155,7 +154,6 @@ def codex_exec(stack: Stack, tmp_path: Path, prompt: str) -> subprocess.Complete
                           stdin=subprocess.DEVNULL)
 
 
-@needs_tools  # Codex offers function tools on every request
 def test_codex_cli_completes_a_prompt(stack: Stack, tmp_path: Path) -> None:
     done = codex_exec(stack, tmp_path, "Say hello to the gateway.")
     assert done.returncode == 0, done.stderr[-3000:]

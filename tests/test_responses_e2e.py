@@ -19,7 +19,7 @@ from ds2a.sim import expected
 from ds2a.sim.bodies import TEMPLATE_TEXT
 from harness import KEY, Stack, http, sdk
 from openai_schema import validate
-from responses_events import check_events, check_response, last_prompt, needs_tools, parse_sse
+from responses_events import check_events, check_response, last_prompt, parse_sse
 
 
 @pytest.fixture(scope="module")
@@ -365,7 +365,6 @@ WEATHER = {
 }
 
 
-@needs_tools
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_function_tool_round_trip(stack: Stack, client: openai.OpenAI, stream: bool) -> None:
     ask = "Use get_weather to tell me the weather in Paris."
@@ -377,14 +376,15 @@ def test_a_function_tool_round_trip(stack: Stack, client: openai.OpenAI, stream:
     calls = [item for item in first.output if item.type == "function_call"]
     assert calls, first.output
     call = calls[0]
-    assert call.name == "get_weather" and call.call_id and isinstance(json.loads(call.arguments), dict)
+    assert call.name == "get_weather" and call.call_id and set(json.loads(call.arguments)) == {"city"}
+    assert first.status == "completed" and call.status == "completed"
     second = client.responses.create(
         model="deepseek-chat", tools=[WEATHER], previous_response_id=first.id,
         input=[{"type": "function_call_output", "call_id": call.call_id, "output": "sunny, 21 C"}],
     )
     prompt = last_prompt(stack)
     assert "sunny, 21 C" in prompt and "get_weather" in prompt
-    assert second.status == "completed" and second.output_text
+    assert second.status == "completed" and "sunny, 21 C" in second.output_text  # the model read the result
     # The same, with the history sent back by the client instead of stored.
     replay = client.responses.create(
         model="deepseek-chat", tools=[WEATHER], store=False,
@@ -394,7 +394,6 @@ def test_a_function_tool_round_trip(stack: Stack, client: openai.OpenAI, stream:
     assert replay.status == "completed" and last_prompt(stack) == prompt
 
 
-@needs_tools
 def test_tool_events_match_the_schema(stack: Stack) -> None:
     events = stream_raw(stack, input="Use get_weather for Rome.", tools=[WEATHER],
                         tool_choice={"type": "function", "name": "get_weather"})
@@ -402,3 +401,57 @@ def test_tool_events_match_the_schema(stack: Stack) -> None:
     assert "response.function_call_arguments.delta" in kinds and "response.function_call_arguments.done" in kinds
     final = events[-1]["response"]
     assert any(item["type"] == "function_call" for item in final["output"])
+
+
+TIME = {"type": "function", "name": "get_time", "description": "The local time in a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
+
+
+@pytest.mark.parametrize("parallel", [True, False])
+def test_parallel_calls_are_several_function_call_items(client: openai.OpenAI, parallel: bool) -> None:
+    reply = client.responses.create(
+        model="deepseek-chat", tools=[WEATHER, TIME], parallel_tool_calls=parallel,
+        input="Use get_weather and get_time for Oslo.",
+    )
+    names = [item.name for item in reply.output if item.type == "function_call"]
+    assert names == (["get_weather", "get_time"] if parallel else ["get_weather"])
+    assert len({item.call_id for item in reply.output if item.type == "function_call"}) == len(names)
+    assert reply.parallel_tool_calls is parallel
+
+
+@pytest.mark.parametrize("mess", ["ascii_bars", "native", "single_quotes", "xml_params"])
+def test_messy_calls_arrive_as_clean_function_calls(stack: Stack, mess: str) -> None:
+    events = stream_raw(stack, input=f"Use get_weather for Lima. [[sim:tool_mess={mess}]]", tools=[WEATHER])
+    (call,) = [item for item in events[-1]["response"]["output"] if item["type"] == "function_call"]
+    assert call["name"] == "get_weather" and set(json.loads(call["arguments"])) == {"city"}
+    text = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+    for marker in ("tool\u2581call", "tool_call", "<parameter", "{'city'"):
+        assert marker not in text  # no call markup leaks into the answer text
+
+
+def test_a_forced_call_that_never_comes_is_an_error(stack: Stack, client: openai.OpenAI) -> None:
+    ask = "Hello. [[sim:tool_mess=no_call]] [[sim:tool_mess_stubborn]]"
+    with pytest.raises(openai.APIStatusError) as info:
+        client.responses.create(model="deepseek-chat", tools=[WEATHER], tool_choice="required", input=ask)
+    assert info.value.status_code == 502
+    events = stream_raw(stack, tools=[WEATHER], tool_choice={"type": "function", "name": "get_weather"}, input=ask)
+    assert events[-1]["type"] == "response.failed"
+    assert not any(e["type"] == "response.output_text.delta" for e in events)  # the text was held back
+
+
+def test_json_schema_output_is_valid_json(client: openai.OpenAI) -> None:
+    schema = {"type": "object", "properties": {"city": {"type": "string"}, "population": {"type": "integer"}},
+              "required": ["city", "population"], "additionalProperties": False}
+    for stream in (False, True):
+        if stream:
+            with client.responses.stream(model="deepseek-chat", input="Describe Oslo.", text={
+                    "format": {"type": "json_schema", "name": "city", "schema": schema, "strict": True}}) as s:
+                reply = s.get_final_response()
+        else:
+            reply = client.responses.create(model="deepseek-chat", input="Describe Oslo.", text={
+                "format": {"type": "json_schema", "name": "city", "schema": schema, "strict": True}})
+        data = json.loads(reply.output_text)
+        assert set(data) == {"city", "population"} and isinstance(data["population"], int)
+        assert reply.text.format.type == "json_schema"  # type: ignore[union-attr]
+    reply = client.responses.create(model="deepseek-chat", input="Answer in JSON.", text={"format": {"type": "json_object"}})
+    assert isinstance(json.loads(reply.output_text), dict)

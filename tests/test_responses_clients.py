@@ -4,7 +4,8 @@ The Agents SDK runs with its default model provider, which speaks the Responses 
 Codex CLI (``@openai/codex`` from npm, a prebuilt native binary inside the package)
 runs ``codex exec`` with a custom provider pointed at the gateway, a read-only
 sandbox, no approvals, an isolated ``CODEX_HOME`` and a throwaway working folder, so
-nothing it might do touches the machine. It needs ``node``; the package is installed
+nothing it might do touches the machine (the one command a test lets the model run is an
+``echo``). It needs ``node``; the package is installed
 once into ``~/.cache/ds2a-clients/codex`` (or found through ``DS2A_CODEX`` or PATH),
 and the test is skipped, saying why, when that is impossible.
 """
@@ -164,3 +165,17 @@ def test_codex_cli_completes_a_prompt(stack: Stack, tmp_path: Path) -> None:
     assert prompt.endswith("Say hello to the gateway.")  # Codex's instructions and context come first
     assert messages == [expected(prompt, False, False, stack.sim_config).answer]
     assert any(e.get("type") == "turn.completed" for e in events)
+
+
+def test_codex_cli_runs_a_tool_through_the_responses_api(stack: Stack, tmp_path: Path) -> None:
+    """A whole tool loop: the model calls exec_command, Codex runs it (``echo``, in the read-only
+    sandbox and the throwaway folder), sends the output back, the model answers with it."""
+    done = codex_exec(stack, tmp_path, 'Use exec_command to print a greeting. [[sim:args={"cmd": "echo hi-from-codex"}]]')
+    assert done.returncode == 0, done.stderr[-3000:]
+    items = [e["item"] for e in map(json.loads, filter(lambda line: line.startswith("{"), done.stdout.splitlines()))
+             if e.get("type") == "item.completed"]
+    commands = [i for i in items if i["type"] == "command_execution"]
+    assert commands and "echo hi-from-codex" in commands[0]["command"]
+    answer = [i["text"] for i in items if i["type"] == "agent_message"]
+    assert answer and "exec_command" in answer[-1]  # the model read the tool's result (the sim quotes it)
+    assert "exec_command" in last_prompt(stack)

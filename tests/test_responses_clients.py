@@ -170,7 +170,8 @@ def test_codex_cli_completes_a_prompt(stack: Stack, tmp_path: Path) -> None:
 def test_codex_cli_runs_a_tool_through_the_responses_api(stack: Stack, tmp_path: Path) -> None:
     """A whole tool loop: the model calls exec_command, Codex runs it (``echo``, in the read-only
     sandbox and the throwaway folder), sends the output back, the model answers with it."""
-    done = codex_exec(stack, tmp_path, 'Use exec_command to print a greeting. [[sim:args={"cmd": "echo hi-from-codex"}]]')
+    prompt = 'Use exec_command to print a greeting. [[sim:args={"cmd": "echo hi-from-codex"}]]'
+    done = codex_exec(stack, tmp_path, prompt)
     assert done.returncode == 0, done.stderr[-3000:]
     items = [e["item"] for e in map(json.loads, filter(lambda line: line.startswith("{"), done.stdout.splitlines()))
              if e.get("type") == "item.completed"]

@@ -139,12 +139,15 @@ def test_the_reasoner_thoughts_are_a_reasoning_item(stack: Stack, client: openai
     assert reasoning.summary == [] and reasoning.content is not None
     assert "".join(c.text for c in reasoning.content) == want.reasoning
     assert reply.output_text == want.answer
-    assert reply.usage is not None and reply.usage.output_tokens_details.reasoning_tokens == stack.sim_config.thinking_tokens
+    assert reply.usage is not None
+    assert reply.usage.output_tokens_details.reasoning_tokens == stack.sim_config.thinking_tokens
 
 
 def test_a_requested_summary_streams_the_thoughts_as_summary_text(stack: Stack, client: openai.OpenAI) -> None:
     want = expected("Summarise your thinking", True, False, stack.sim_config)
-    events = stream_raw(stack, model="deepseek-reasoner", input="Summarise your thinking", reasoning={"summary": "auto"})
+    events = stream_raw(
+        stack, model="deepseek-reasoner", input="Summarise your thinking", reasoning={"summary": "auto"}
+    )
     thoughts = "".join(e["delta"] for e in events if e["type"] == "response.reasoning_summary_text.delta")
     assert thoughts == want.reasoning
     with client.responses.stream(model="deepseek-r1", input="Summarise your thinking",
@@ -294,7 +297,8 @@ def test_max_output_tokens_makes_an_incomplete_response(stack: Stack, client: op
 
 def test_content_filter_is_incomplete_with_the_refusal(stack: Stack, client: openai.OpenAI) -> None:
     reply = client.responses.create(model="deepseek-chat", input="[[sim:content_filter]] risky")
-    assert reply.status == "incomplete" and reply.incomplete_details.reason == "content_filter"  # type: ignore[union-attr]
+    assert reply.status == "incomplete" and reply.incomplete_details is not None
+    assert reply.incomplete_details.reason == "content_filter"
     assert reply.output_text == TEMPLATE_TEXT  # the upstream's canned refusal replaces the answer
     events = stream_raw(stack, input="[[sim:content_filter]] risky stream")
     assert events[-1]["type"] == "response.incomplete"
@@ -323,7 +327,8 @@ def test_a_failure_before_any_text_is_an_http_error(stack: Stack, client: openai
 @pytest.mark.parametrize(
     ("body", "status", "param"),
     [
-        ({"model": "deepseek-chat"} | {"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]},
+        ({"model": "deepseek-chat",
+          "input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]},
          400, "input[0].content[0]"),
         ({"model": "deepseek-chat", "input": "hi", "tools": [{"type": "file_search"}],
           "tool_choice": {"type": "file_search"}}, 400, "tool_choice"),
@@ -453,5 +458,7 @@ def test_json_schema_output_is_valid_json(client: openai.OpenAI) -> None:
         data = json.loads(reply.output_text)
         assert set(data) == {"city", "population"} and isinstance(data["population"], int)
         assert reply.text.format.type == "json_schema"  # type: ignore[union-attr]
-    reply = client.responses.create(model="deepseek-chat", input="Answer in JSON.", text={"format": {"type": "json_object"}})
+    reply = client.responses.create(
+        model="deepseek-chat", input="Answer in JSON.", text={"format": {"type": "json_object"}}
+    )
     assert isinstance(json.loads(reply.output_text), dict)

@@ -20,8 +20,8 @@ from ds2a.relay.conversation import Reasoning, Text, ToolCall, ToolResult
 from ds2a.responses.encode import CollectSink, ResponseEnvelope, StreamSink
 from ds2a.responses.parse import ResponsesRequest, parse_responses_request
 from ds2a.responses.store import MemoryStore, StoredResponse
-from responses_events import check_event, check_events, check_response, parse_sse
 from openai_schema import validate
+from responses_events import check_event, check_events, check_response, parse_sse
 
 MODELS = ModelTable.default()
 
@@ -54,7 +54,8 @@ def test_string_input_is_one_user_message_after_the_instructions() -> None:
 def test_items_become_messages_with_calls_results_and_reasoning() -> None:
     req = parse(
         input=[
-            {"type": "message", "id": "msg_dev", "role": "developer", "content": [{"type": "input_text", "text": "Rules."}]},
+            {"type": "message", "id": "msg_dev", "role": "developer",
+             "content": [{"type": "input_text", "text": "Rules."}]},
             {"role": "system", "content": "More rules."},
             {"role": "user", "content": [{"type": "input_text", "text": "a"}, {"type": "input_text", "text": "b"}]},
             {"type": "reasoning", "id": "rs_1", "summary": [{"type": "summary_text", "text": "thinking"}],
@@ -96,10 +97,12 @@ def test_a_codex_cli_request_is_accepted_whole() -> None:
             {"type": "custom", "name": "apply_patch", "format": {"type": "grammar"}},
         ],
         input=[
-            {"type": "message", "id": "msg_1", "role": "developer", "content": [{"type": "input_text", "text": "You are Codex."}]},
+            {"type": "message", "id": "msg_1", "role": "developer",
+             "content": [{"type": "input_text", "text": "You are Codex."}]},
             {"type": "message", "id": "msg_2", "role": "user",
              "content": [{"type": "input_text", "text": "<environment_context>…</environment_context>"}]},
-            {"type": "message", "id": "msg_3", "role": "user", "content": [{"type": "input_text", "text": "say hello"}]},
+            {"type": "message", "id": "msg_3", "role": "user",
+             "content": [{"type": "input_text", "text": "say hello"}]},
         ],
     )
     assert [t.name for t in req.tools] == ["exec_command"]  # namespace and custom left out
@@ -131,7 +134,8 @@ def test_images_files_and_audio_are_a_clear_400(part: dict[str, Any], param: str
         ({"input": [{"role": "user", "content": 5}]}, "input[0].content", "invalid_type"),
         ({"input": [{"role": "user", "content": [{"type": "video"}]}]}, "input[0].content[0].type", "invalid_value"),
         ({"input": [{"type": "function_call", "name": "f"}]}, "input[0].call_id", "missing_required_parameter"),
-        ({"input": [{"type": "function_call_output", "call_id": "c"}]}, "input[0].output", "missing_required_parameter"),
+        ({"input": [{"type": "function_call_output", "call_id": "c"}]}, "input[0].output",
+         "missing_required_parameter"),
         ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0].type", "unsupported_value"),
         ({"input": [{"type": "telepathy"}]}, "input[0].type", "invalid_value"),
         ({"input": ["hi"]}, "input[0]", "invalid_type"),
@@ -280,7 +284,8 @@ def test_the_echo_makes_a_valid_response_object() -> None:
     ]
     assert body["tool_choice"] == {"type": "function", "name": "f"} and body["parallel_tool_calls"] is False
     assert body["instructions"] == "Be brief." and body["max_output_tokens"] == 50
-    for choice in ("none", "required", {"type": "allowed_tools", "mode": "auto", "tools": [{"type": "function", "name": "f"}]}):
+    allowed = {"type": "allowed_tools", "mode": "auto", "tools": [{"type": "function", "name": "f"}]}
+    for choice in ("none", "required", allowed):
         req = parse(input="hi", tools=[{"type": "function", "name": "f"}], tool_choice=choice)
         check_response(ResponseEnvelope(req.model, req.echo).body("in_progress", []))
 
@@ -306,7 +311,9 @@ def envelope(**echo: Any) -> ResponseEnvelope:
     return ResponseEnvelope("deepseek-chat", req.echo)
 
 
-def run_stream(feed: Any, outcome: Outcome, *, summary: bool = False) -> tuple[list[dict[str, Any]], dict[str, Any], FakeResponder]:
+def run_stream(
+    feed: Any, outcome: Outcome, *, summary: bool = False
+) -> tuple[list[dict[str, Any]], dict[str, Any], FakeResponder]:
     responder = FakeResponder()
     sink = StreamSink(responder, envelope(), summary=summary)  # type: ignore[arg-type]
     sink.begin()
@@ -400,7 +407,8 @@ def test_thoughts_become_a_reasoning_item_before_the_message(summary: bool) -> N
                     "response.reasoning_summary_text.delta", "response.reasoning_summary_text.done",
                     "response.reasoning_summary_part.done"]
     else:
-        assert reasoning["summary"] == [] and reasoning["content"] == [{"type": "reasoning_text", "text": "Let me think hard."}]
+        assert reasoning["summary"] == []
+        assert reasoning["content"] == [{"type": "reasoning_text", "text": "Let me think hard."}]
         expected = ["response.content_part.added", "response.reasoning_text.delta", "response.reasoning_text.delta",
                     "response.reasoning_text.done", "response.content_part.done"]
     assert kinds(events)[2:9] == ["response.output_item.added", *expected, "response.output_item.done"]
@@ -465,7 +473,9 @@ def test_an_empty_answer_is_an_empty_message() -> None:
     assert "response.output_item.added" in kinds(events)
     _, body = both(lambda s: s.reasoning("only thoughts"), Outcome())
     assert [item["type"] for item in body["output"]] == ["reasoning", "message"]
-    _, body = both(lambda s: (s.tool_call_start(0, "call_1", "f"), s.tool_call_end(0)), Outcome(finish_reason="tool_calls"))
+    _, body = both(
+        lambda s: (s.tool_call_start(0, "call_1", "f"), s.tool_call_end(0)), Outcome(finish_reason="tool_calls")
+    )
     assert [item["type"] for item in body["output"]] == ["function_call"]
 
 
@@ -481,8 +491,10 @@ def test_citations_are_url_citation_annotations() -> None:
     events, body = both(feed, Outcome(annotations=annotations))
     part = body["output"][0]["content"][0]
     assert part["annotations"] == [
-        {"type": "url_citation", "url": "https://a.example/paris", "title": "Paris", "start_index": 19, "end_index": 22},
-        {"type": "url_citation", "url": "https://b.example/rome", "title": "Rome", "start_index": 33, "end_index": 36},
+        {"type": "url_citation", "url": "https://a.example/paris", "title": "Paris", "start_index": 19,
+         "end_index": 22},
+        {"type": "url_citation", "url": "https://b.example/rome", "title": "Rome", "start_index": 33,
+         "end_index": 36},
     ]
     assert text[19:22] == "[1]"
     added = [e for e in events if e["type"] == "response.output_text.annotation.added"]

@@ -5,18 +5,21 @@ same code point smuggled as raw bytes, which Python's JSON decoder lets through)
 Such a string cannot be encoded as UTF-8, so it would fail deep in the relay (after
 an account, a session and a proof of work were spent on it) as a 500. Every string
 of the body, keys included, is checked here instead, and the first bad one is
-answered 400 with its JSON path as ``param`` (``messages[0].content``).
+answered 400 with its JSON path as ``param`` (``messages[0].content``; a dialect that
+spells paths ``messages.0.content``, as Anthropic's does, passes ``indexes="dots"``).
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
+
+IndexStyle = Literal["brackets", "dots"]
 
 from ds2a.api.errors import ApiError
 
 
-def load_json_object(body: bytes) -> dict[str, Any]:
+def load_json_object(body: bytes, *, indexes: IndexStyle = "brackets") -> dict[str, Any]:
     """The body as a JSON object, or ApiError(400) saying what is wrong and where."""
     if not body.strip():
         _fail("The request body is empty; expected a JSON object.", None, "invalid_json")
@@ -32,12 +35,13 @@ def load_json_object(body: bytes) -> dict[str, Any]:
         _fail(f"The request body is not valid JSON: {exc}.", None, "invalid_json")
     if not isinstance(data, dict):
         _fail(f"The request body must be a JSON object, got {kind(data)}.", None, "invalid_type")
-    check_strings(data)
+    check_strings(data, indexes=indexes)
     return data
 
 
-def check_strings(data: dict[str, Any]) -> None:
+def check_strings(data: dict[str, Any], *, indexes: IndexStyle = "brackets") -> None:
     """ApiError(400) naming the first string (value or key) that is not valid Unicode."""
+    index = "{}[{}]" if indexes == "brackets" else "{}.{}"
     # Iterative: the decoder already bounded the nesting, but a walk must not recurse again.
     stack: list[tuple[str, Any]] = [("", data)]
     while stack:
@@ -49,7 +53,7 @@ def check_strings(data: dict[str, Any]) -> None:
             # Reversed onto the stack, so the first bad string in the document is the one named.
             stack.extend((f"{path}.{key}" if path else key, item) for key, item in reversed(value.items()))
         elif isinstance(value, list):
-            stack.extend((f"{path}[{i}]", value[i]) for i in range(len(value) - 1, -1, -1))
+            stack.extend((index.format(path, i), value[i]) for i in range(len(value) - 1, -1, -1))
         elif isinstance(value, str) and not _encodable(value):
             _bad_string(path, f"'{path}'")
 

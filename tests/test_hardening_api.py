@@ -163,7 +163,10 @@ def test_each_model_sends_its_own_model_type(make_stack: Callable[..., Stack]) -
             if r.path.endswith("/chat/completion") and r.body
         }
     )
-    by_prompt = {prompt.split("via ")[-1].strip() + (" stream" if "streamed" in prompt else ""): t for prompt, t in received.items()}
+    by_prompt = {
+        prompt.split("via ")[-1].strip() + (" stream" if "streamed" in prompt else ""): model_type
+        for prompt, model_type in received.items()
+    }
     assert by_prompt == {
         "deep-expert": "expert",
         "deep-expert stream": "expert",
@@ -231,7 +234,7 @@ def test_access_log_outcomes_for_refusals(stack: Stack, caplog: pytest.LogCaptur
     cases = [
         ({"X-Request-Id": "bad-json"}, b"{not json", KEY, 400, "bad_request"),
         ({"X-Request-Id": "no-key"}, json.dumps(chat_body("x")).encode(), None, 401, "bad_request"),
-        ({"X-Request-Id": "upstream-down"}, json.dumps(chat_body("[[sim:expired_token]] x")).encode(), "a-token", 401, None),
+        ({"X-Request-Id": "upstream-down"}, json.dumps(chat_body("x")).encode(), "a-dead-token", 401, None),
     ]
     for headers, body, key, status, outcome in cases:
         assert http(stack, "POST", CHAT, body, headers, key=key)[0] == status

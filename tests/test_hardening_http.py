@@ -205,6 +205,7 @@ async def test_a_flooding_connection_does_not_starve_another() -> None:
 
 # -- defect 3: request smuggling -----------------------------------------------------------------
 
+CHUNKED = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
 SMUGGLING = {
     # RFC 9112 §6.1: both length headers: an error, then close.
     "cl+te": (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
@@ -229,18 +230,18 @@ SMUGGLING = {
     "bare-lf-in-head": (b"GET / HTTP/1.1\r\nHost: x\nX-A: 1\r\n\r\n", 400),
     "bare-cr": (b"GET / HTTP/1.1\r\nHost: x\rX-A: 1\r\n\r\n", 400),
     # §7.1: chunk sizes and extensions exactly as the grammar says.
-    "chunk-ext-bare-cr": (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1;a\rb\r\nx\r\n0\r\n\r\n", 400),
-    "chunk-ext-bare-lf": (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1;a\nx\r\n0\r\n\r\n", 400),
-    "chunk-ext-space": (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1 ;a=b\r\nx\r\n0\r\n\r\n", 400),
+    "chunk-ext-bare-cr": (CHUNKED + b"1;a\rb\r\nx\r\n0\r\n\r\n", 400),
+    "chunk-ext-bare-lf": (CHUNKED + b"1;a\nx\r\n0\r\n\r\n", 400),
+    "chunk-ext-space": (CHUNKED + b"1 ;a=b\r\nx\r\n0\r\n\r\n", 400),
     "chunk-ext-endless": (
-        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1;" + b"a" * 5000 + b"\r\nx\r\n0\r\n\r\n",
+        CHUNKED + b"1;" + b"a" * 5000 + b"\r\nx\r\n0\r\n\r\n",
         400,
     ),
-    "chunk-size-space": (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1 \r\nx\r\n0\r\n\r\n", 400),
-    "chunk-size-hex-prefix": (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0x1\r\nx\r\n0\r\n\r\n", 400),
-    "chunk-data-too-long": (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nxy\r\n0\r\n\r\n", 400),
+    "chunk-size-space": (CHUNKED + b"1 \r\nx\r\n0\r\n\r\n", 400),
+    "chunk-size-hex-prefix": (CHUNKED + b"0x1\r\nx\r\n0\r\n\r\n", 400),
+    "chunk-data-too-long": (CHUNKED + b"1\r\nxy\r\n0\r\n\r\n", 400),
     "chunk-trailer-fold": (
-        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-T: 1\r\n 2\r\n\r\n",
+        CHUNKED + b"0\r\nX-T: 1\r\n 2\r\n\r\n",
         400,
     ),
     "content-length-conflict": (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nx", 400),

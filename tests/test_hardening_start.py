@@ -104,9 +104,8 @@ def test_the_docker_build_context_leaves_config_json_out(tmp_path: Path) -> None
     shutil.copytree(ROOT, context, ignore=shutil.ignore_patterns(".venv", ".git", "__pycache__", "*.so"))
     (context / "config.json").write_text('{"keys": ["sk-secret-in-context"]}')
     dockerfile = "FROM busybox\nCOPY . /ctx\nRUN ! grep -r sk-secret-in-context /ctx\n"
-    result = subprocess.run(
-        ["docker", "build", "-q", "-f", "-", str(context)], input=dockerfile, text=True, capture_output=True, timeout=600
-    )
+    build = ["docker", "build", "-q", "-f", "-", str(context)]
+    result = subprocess.run(build, input=dockerfile, text=True, capture_output=True, timeout=600)
     assert result.returncode == 0, result.stderr
 
 

@@ -1101,7 +1101,10 @@ def test_core_sends_100_continue_only_when_a_body_is_expected() -> None:
         scenario_limits_then_close,
         scenario_tcp_nodelay,
     ],
-    ids=["send", "stream", "pipelining", "disconnect", "reset", "half-close", "backpressure", "shutdown", "limits", "nodelay"],
+    ids=[
+        "send", "stream", "pipelining", "disconnect", "reset", "half-close", "backpressure", "shutdown", "limits",
+        "nodelay",
+    ],
 )
 def test_on_uvloop(scenario: Callable[[], Awaitable[None]]) -> None:
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:

@@ -121,7 +121,12 @@ def printable(text: str) -> str:
         text = text[:_MAX_FIELD] + "..."
     if text.isascii() and text.isprintable() and " " not in text:
         return text
-    return "".join(c if c.isprintable() and c != " " else f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}" for c in text)
+    return "".join(c if c.isprintable() and c != " " else _escape(c) for c in text)
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 256 else f"\\u{code:04x}"
 
 
 def _ms(seconds: float | None) -> float | None:

@@ -1,15 +1,19 @@
-"""``python -m ds2a``: run the gateway (``--demo``: against the built-in simulator, offline)."""
+"""``python -m ds2a``: run the gateway (``--demo``: against the built-in simulator, offline;
+``--healthcheck``: ask a running gateway, at the address its configuration gives, if it serves).
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import dataclasses
+import errno
 import logging
 import os
 import secrets
 import signal
 import sys
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +32,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--config", help="config file (default: $DS2A_CONFIG, else ./config.json if present)")
     parser.add_argument("--host", help="listen address (default 127.0.0.1; the container uses 0.0.0.0)")
     parser.add_argument("--port", type=int, help="listen port (default 5001)")
-    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default INFO")
+    parser.add_argument(
+        "--log-level", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default INFO"
+    )
     parser.add_argument(
         "--demo",
         action="store_true",
         help="serve from the built-in DeepSeek simulator (offline; no real accounts used)",
+    )
+    parser.add_argument(
+        "--healthcheck",
+        action="store_true",
+        help="exit 0 if the gateway configured here answers /healthz, else 1 (the container's HEALTHCHECK)",
     )
     return parser.parse_args(argv)
 
@@ -63,22 +74,30 @@ def setup_logging(level: str) -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
-async def run(config: Config, *, demo: bool) -> None:
+async def run(config: Config, *, demo: bool) -> int:
     from ds2a.app import Gateway
 
     sim = None
     if demo:
         config, sim = await start_demo_upstream(config)
     gateway = Gateway(config)
-    host, port = await gateway.start()
-    if demo:
-        print_demo_banner(config, host, port)
-    log.info("ds2a listening on http://%s:%d (%d accounts)", host, port, len(config.accounts))
-
+    try:
+        host, port = await gateway.start()
+    except OSError as exc:
+        # One line, not a traceback: the usual cause is another process on the port.
+        reason = "address already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+        print(f"ds2a: cannot listen on {config.server.host}:{config.server.port}: {reason}", file=sys.stderr)
+        if sim is not None:
+            await sim.stop()
+        return 1
+    # Before the line that says it is up: a SIGTERM right after it must stop it gracefully.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if demo:
+        print_demo_banner(config, host, port)
+    log.info("ds2a listening on http://%s:%d (%s)", host, port, plural(len(config.accounts), "account"))
     await stop.wait()
     log.info("shutting down: running answers get up to %g s to finish", config.server.shutdown_grace)
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -86,6 +105,30 @@ async def run(config: Config, *, demo: bool) -> None:
     await gateway.stop()
     if sim is not None:
         await sim.stop()
+    return 0
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def healthcheck(config: Config, timeout: float = 3.0) -> int:
+    """0 when the gateway at the configured host and port answers /healthz with 200."""
+    host = config.server.host
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"  # listening on every address: ask on loopback
+    elif host == "::":
+        host = "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    url = f"http://{host}:{config.server.port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            healthy = response.status == 200
+    except OSError as exc:
+        print(f"ds2a: {url}: {exc}", file=sys.stderr)
+        return 1
+    return 0 if healthy else 1
 
 
 async def start_demo_upstream(config: Config) -> tuple[Config, Any]:
@@ -146,14 +189,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"ds2a: bad configuration: {exc}", file=sys.stderr)
         return 2
+    if args.healthcheck:
+        return healthcheck(config)
     setup_logging(config.server.log_level)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency; Windows lacks it
-        asyncio.run(run(config, demo=args.demo))
-    else:
-        uvloop.run(run(config, demo=args.demo))
-    return 0
+        return asyncio.run(run(config, demo=args.demo))
+    return uvloop.run(run(config, demo=args.demo))
 
 
 if __name__ == "__main__":

@@ -68,11 +68,19 @@ class Gateway:
             log.warning("proof of work runs in pure Python: every answer waits 15-30 s for it")
         if not self.config.keys and not self.config.api.allow_direct_tokens:
             log.warning("no keys configured and direct tokens are off: every request will get 401")
+        elif not self.config.keys and self.config.accounts:
+            log.warning("no keys configured: nobody can use the configured accounts (add a key to 'keys')")
         await self.client.start()
         await self.pool.start()
-        return await self.server.start()
+        try:
+            return await self.server.start()
+        except BaseException:
+            await self.pool.close()  # no half-started gateway (and no unclosed upstream session)
+            await self.client.close()
+            raise
 
     async def stop(self) -> None:
+        self.pool.stop_queue()  # queued requests get their 503 now, not after the grace
         await self.server.shutdown(self.config.server.shutdown_grace)
         await self.pool.close()
         await self.client.close()

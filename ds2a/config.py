@@ -8,6 +8,7 @@ names the field, because a gateway that half-starts is worse than one that refus
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import types
@@ -33,8 +34,9 @@ class ServerConfig:
     keepalive_timeout: float = 75.0  # idle keep-alive connections are closed after this
     shutdown_grace: float = 30.0  # running streams may finish within this on SIGTERM
     cors_origins: list[str] = field(default_factory=lambda: ["*"])
-    log_level: str = "INFO"
+    log_level: str = "INFO"  # any case
     access_log: bool = True
+    backlog: int = 2048  # pending connections the kernel queues (asyncio's default, 100, drops bursts)
 
 
 # The header personality: the official web client as captured in 2026-08/09 (protocol
@@ -257,8 +259,30 @@ def _parse_env(name: str, raw: str, hint: Any) -> Any:
         raise ConfigError(f"{name}: cannot parse {raw!r} ({exc})") from None
 
 
+# Shortcuts for the settings people set most, and the one variable that is not a setting.
+_ENV_SHORTCUTS = {"DS2A_HOST": ("server", "host"), "DS2A_PORT": ("server", "port")}
+_ENV_OTHERS = ("DS2A_KEYS", "DS2A_ACCOUNTS", "DS2A_CONFIG")
+
+
+def env_names() -> list[str]:
+    """Every ``DS2A_*`` variable ds2a reads."""
+    names = [f"DS2A_{section}_{f.name}".upper() for section, cls in SECTIONS.items() for f in fields(cls)]
+    return names + list(_ENV_SHORTCUTS) + list(_ENV_OTHERS)
+
+
+def _check_env_names(env: typing.Mapping[str, str]) -> None:
+    """A mistyped variable stops start-up, as a mistyped key in config.json does."""
+    known = set(env_names())
+    for var in sorted(env):
+        if var.upper().startswith("DS2A_") and var not in known:
+            close = difflib.get_close_matches(var.upper(), known, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(f"{var}: unknown environment variable{hint}; see README.md, Configuration")
+
+
 def _env_overrides(env: typing.Mapping[str, str]) -> dict[str, Any]:
     """``DS2A_<SECTION>_<FIELD>`` values, shaped like config.json."""
+    _check_env_names(env)
     out: dict[str, Any] = {}
     for section, cls in SECTIONS.items():
         hints = typing.get_type_hints(cls)
@@ -266,8 +290,7 @@ def _env_overrides(env: typing.Mapping[str, str]) -> dict[str, Any]:
             var = f"DS2A_{section}_{f.name}".upper()
             if var in env:
                 out.setdefault(section, {})[f.name] = _parse_env(var, env[var], hints[f.name])
-    # Shortcuts for the settings people set most.
-    for var, section, key in (("DS2A_HOST", "server", "host"), ("DS2A_PORT", "server", "port")):
+    for var, (section, key) in _ENV_SHORTCUTS.items():
         if var in env:
             hint = typing.get_type_hints(ServerConfig)[key]
             out.setdefault(section, {})[key] = _parse_env(var, env[var], hint)
@@ -289,6 +312,7 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def _validate(cfg: Config) -> None:
+    cfg.server.log_level = cfg.server.log_level.upper()  # "info" works as "INFO" does
     for dotted, allowed in CHOICES.items():
         section, key = dotted.split(".")
         value = getattr(getattr(cfg, section), key)
@@ -299,6 +323,7 @@ def _validate(cfg: Config) -> None:
         ("server.max_body_bytes", cfg.server.max_body_bytes, 1),
         ("server.max_header_bytes", cfg.server.max_header_bytes, 1),
         ("server.max_header_count", cfg.server.max_header_count, 1),
+        ("server.backlog", cfg.server.backlog, 1),
         ("pool.max_inflight_per_account", cfg.pool.max_inflight_per_account, 1),
         ("pool.max_attempts", cfg.pool.max_attempts, 1),
         ("deepseek.pool_limit", cfg.deepseek.pool_limit, 1),

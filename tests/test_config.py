@@ -138,3 +138,44 @@ def test_account_labels_never_show_the_whole_login() -> None:
     assert labels[1] == "138****34"
     assert labels[2] == "token:tok-***"
     assert labels[3] == "work"
+
+
+@pytest.mark.parametrize(
+    "var, hint",
+    [
+        ("DS2A_SERVER_PROT", "DS2A_SERVER_PORT"),
+        ("DS2A_POOL_QUEUE_TIMOUT", "DS2A_POOL_QUEUE_TIMEOUT"),
+        ("DS2A_KEY", "DS2A_KEYS"),
+        ("ds2a_port", "DS2A_PORT"),
+        ("DS2A_NOTHING_LIKE_IT_AT_ALL", None),
+    ],
+)
+def test_a_mistyped_environment_variable_stops_start_up_with_a_suggestion(var: str, hint: str | None) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, env={var: "1"})
+    message = str(caught.value)
+    assert message.startswith(var) and "unknown environment variable" in message
+    if hint:
+        assert f"did you mean {hint}?" in message
+    else:
+        assert "did you mean" not in message
+
+
+def test_every_known_environment_variable_is_accepted() -> None:
+    from ds2a.config import env_names
+
+    assert "DS2A_SERVER_BACKLOG" in env_names() and "DS2A_CONFIG" in env_names()
+    load_config(None, env={"DS2A_SERVER_BACKLOG": "10", "OTHER_DS2A_THING": "x", "PATH": "/bin"})
+
+
+@pytest.mark.parametrize("level", ["info", "Debug", "WARNING", "error"])
+def test_log_level_is_case_insensitive(level: str) -> None:
+    assert load_config(None, env={"DS2A_SERVER_LOG_LEVEL": level}).server.log_level == level.upper()
+    with pytest.raises(ConfigError, match="server.log_level"):
+        load_config(None, env={"DS2A_SERVER_LOG_LEVEL": "verbose"})
+
+
+def test_listen_backlog_has_a_large_default_and_must_be_positive() -> None:
+    assert load_config(None, env={}).server.backlog >= 1024
+    with pytest.raises(ConfigError, match="server.backlog"):
+        load_config(None, env={}, overrides={"server": {"backlog": 0}})

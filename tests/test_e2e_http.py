@@ -225,7 +225,7 @@ def test_authorization_that_is_not_a_bearer_is_401(stack: Stack) -> None:
 @pytest.mark.parametrize("stream", [False, True])
 def test_wrong_key_is_401_naming_both_readings_of_the_bearer(stack: Stack, stream: bool) -> None:
     with pytest.raises(openai.AuthenticationError) as caught:
-        sdk(stack, "sk-not-a-key-nor-a-token").chat.completions.create(
+        sdk(stack, "not-a-key-nor-a-token").chat.completions.create(
             model="deepseek-chat", messages=[{"role": "user", "content": "hi"}], stream=stream
         )
     exc = caught.value
@@ -233,7 +233,7 @@ def test_wrong_key_is_401_naming_both_readings_of_the_bearer(stack: Stack, strea
     # The caller learns both what the bearer is not (a key) and what DeepSeek said of it.
     assert "not one of this gateway's keys" in exc.message
     assert "DeepSeek rejected it as a user token" in exc.message
-    raw = http(stack, "POST", CHAT, chat_body("hi", stream=stream), key="sk-not-a-key-nor-a-token")
+    raw = http(stack, "POST", CHAT, chat_body("hi", stream=stream), key="not-a-key-nor-a-token")
     assert api_error(raw, 401)["type"] == "authentication_error"
 
 

@@ -625,12 +625,15 @@ class DeepSeekClient:
         search: bool,
         parent_message_id: int | None = None,
         ref_file_ids: Iterable[str] = (),
+        model_type: str | None = None,
     ) -> Completion:
-        """Start a generation (§6); the answer streams through the returned ``Completion``."""
+        """Start a generation (§6); the answer streams through the returned ``Completion``.
+
+        ``model_type``: the model's own (§12); None sends ``deepseek.model_type``."""
         body = {
             "chat_session_id": session_id,
             "parent_message_id": parent_message_id,
-            "model_type": self._config.model_type,
+            "model_type": model_type or self._config.model_type,
             "prompt": prompt,
             "ref_file_ids": list(ref_file_ids),
             "thinking_enabled": thinking,

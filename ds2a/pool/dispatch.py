@@ -60,7 +60,7 @@ class UpstreamStream:
     def account(self) -> Account:
         return self.lease.account
 
-    async def start(self, *, prompt: str, thinking: bool, search: bool) -> None:
+    async def start(self, *, prompt: str, thinking: bool, search: bool, model_type: str | None = None) -> None:
         """Open the completion and read until the first text (or end): nothing is sent yet."""
         ticket = await self.lease.ticket()
         self.session_id = ticket.session_id
@@ -73,6 +73,7 @@ class UpstreamStream:
                 prompt=prompt,
                 thinking=thinking,
                 search=search,
+                model_type=model_type,
             )
         )
         first: list[Event] = []
@@ -219,9 +220,18 @@ async def _drain(completion: Completion) -> None:
 
 
 async def open_stream(
-    pool: AccountPool, *, prompt: str, thinking: bool, search: bool, direct_token: str | None = None
+    pool: AccountPool,
+    *,
+    prompt: str,
+    thinking: bool,
+    search: bool,
+    direct_token: str | None = None,
+    model_type: str | None = None,
 ) -> UpstreamStream:
-    """Start an answer, failing over between accounts until the first text arrives."""
+    """Start an answer, failing over between accounts until the first text arrives.
+
+    ``model_type``: the requested model's (``api.models[].model_type``); None sends
+    ``deepseek.model_type``."""
     cfg = pool.pcfg
     tried: list[Account] = []
     last_error: DeepSeekError | None = None
@@ -244,7 +254,7 @@ async def open_stream(
             deadline = time.monotonic() + cfg.failover_budget
         stream = UpstreamStream(pool, lease)
         try:
-            await stream.start(prompt=prompt, thinking=thinking, search=search)
+            await stream.start(prompt=prompt, thinking=thinking, search=search, model_type=model_type)
             return stream
         except DeepSeekError as exc:
             lease.report(exc, token=stream.token)

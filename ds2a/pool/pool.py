@@ -38,6 +38,11 @@ SESSION_MAX_AGE = 3600.0  # recycle an unused prepared session after an hour (up
 DEFAULT_LEASE_SECONDS = 20.0  # Retry-After estimate before any lease has finished
 DIRECT_GROUPS_MAX = 1024  # direct-token callers remembered for their one-at-a-time guarantee
 PREPARE_RETRY = 5.0  # after a failed preparation, try again this much later
+# Start-up preparation (a login for accounts without a stored token) in waves: with
+# thousands of accounts, all logins at once would look like an attack to DeepSeek.
+# A request never waits for its wave: an unprepared account is prepared on demand.
+STARTUP_WAVE = 10  # accounts prepared at once
+STARTUP_WAVE_GAP = 0.5  # seconds between two waves (20 accounts/s)
 
 
 class Waiter:
@@ -122,14 +127,18 @@ class AccountPool:
 
     async def start(self) -> None:
         self.store.load()
-        for account in self.accounts:
+        loop = asyncio.get_running_loop()
+        for i, account in enumerate(self.accounts):
             stored = self.store.get(account.key)
             if stored and account.can_login:
                 account.token = stored  # a token from an earlier login beats logging in again
-            self.schedule_prepare(account)
+            if i < STARTUP_WAVE:
+                self.schedule_prepare(account)
+            else:
+                loop.call_later(i // STARTUP_WAVE * STARTUP_WAVE_GAP, self.schedule_prepare, account)
 
-    async def close(self, timeout: float = 10.0) -> None:
-        """Stop preparing, fail the queue, wait for cleanups, delete unused sessions."""
+    def stop_queue(self) -> None:
+        """Shutdown has begun: waiting and new requests are refused now (running answers go on)."""
         self.closing = True
         for group in [self.group, *self.direct_groups.values()]:
             if group.wakeup:
@@ -138,6 +147,10 @@ class AccountPool:
                 waiter = group.waiters.popleft()
                 if not waiter.future.done():
                     waiter.future.set_exception(PoolClosing("the gateway is shutting down", code="shutting_down"))
+
+    async def close(self, timeout: float = 10.0) -> None:
+        """Stop preparing, fail the queue, wait for cleanups, delete unused sessions."""
+        self.stop_queue()
         for account in self.accounts:
             if account.refresh_timer:
                 account.refresh_timer.cancel()

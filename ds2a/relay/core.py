@@ -94,6 +94,7 @@ class Relay:
             thinking=spec.thinking,
             search=spec.search,
             direct_token=generation.direct_token,
+            model_type=spec.model_type,
         )
 
     async def _count_prompt_tokens(self, prompt: str) -> int:

@@ -4,6 +4,11 @@ h11 parses requests and keeps the connection's state machine honest. This class 
 the gateway's limits (head size, header count, body size) and encodes responses; it
 never touches a socket, a timer or a task, which the asyncio shell (protocol.py) owns.
 
+Input waits in the core's own buffer and reaches h11 one message at a time, cut
+exactly where ``framing`` says the message ends: h11 never holds a byte of the next
+request, so nothing is copied per request, and what is buffered is known exactly
+(``buffered``), which is what the shell bounds while a handler runs.
+
 Stream bodies bypass h11: one upstream event becomes one chunk and one transport
 write, formatted by ``chunk()``. Only the response head and the end of the message go
 through h11, so its idea of where the connection stands stays right.
@@ -12,6 +17,9 @@ through h11, so its idea of where the connection stands stays right.
 from __future__ import annotations
 
 import enum
+import logging
+import re
+import secrets
 import time
 from collections.abc import Iterable
 from email.utils import formatdate
@@ -23,7 +31,10 @@ import h11
 from ..config import ServerConfig
 from .cors import CorsPolicy
 from .errors import ErrorRenderer, HTTPError, plain_error_body
+from .framing import MALFORMED, ChunkedBody, FramingError, HeadFinder, transfer_coding_status
 from .request import Request
+
+log = logging.getLogger("ds2a.server")
 
 HeaderPairs = Iterable[tuple[str, str]]
 _RawHeaders = list[tuple[bytes, bytes]]
@@ -40,10 +51,17 @@ _SSE_HEADERS: list[tuple[bytes, bytes]] = [
 ]
 # Fixed texts: h11's own messages quote the offending input, which may hold an API key.
 _PROTOCOL_ERRORS = {
-    400: "Malformed HTTP request",
+    400: MALFORMED,
     431: "Request header fields too large",
     501: "Unsupported Transfer-Encoding (only chunked is supported)",
 }
+_AMBIGUOUS_LENGTH = "Malformed HTTP request: Content-Length and Transfer-Encoding together"
+_HTTP10_CHUNKED = "Malformed HTTP request: Transfer-Encoding in an HTTP/1.0 request"
+_BAD_TARGET = "Malformed HTTP request: invalid request target"
+# A client's X-Request-Id is kept only when it cannot disturb a log line or a header.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:+/=-]{1,128}")
+# A response header value: visible ASCII, spaces and tabs inside (RFC 9110 §5.5).
+_HEADER_VALUE = re.compile(r"[!-~]+(?:[ \t]+[!-~]+)*|")
 
 
 class Phase(enum.Enum):
@@ -52,6 +70,15 @@ class Phase(enum.Enum):
     BODY = "body"  # head accepted, body still arriving
     HANDLING = "handling"  # request complete, a handler owns the connection
     CLOSED = "closed"  # rejected or finished for good
+
+
+class _Stage(enum.Enum):
+    """What the core feeds h11 next."""
+
+    HEAD = "head"  # a request head, up to its blank line
+    LENGTH = "length"  # body bytes counted by Content-Length
+    CHUNKED = "chunked"  # a chunked body, as far as it is valid
+    END = "end"  # the whole message is in h11: nothing more until the next cycle
 
 
 class Framing(enum.Enum):
@@ -106,20 +133,46 @@ def chunk(data: bytes) -> bytes:
     return b"%x\r\n%b\r\n" % (len(data), data)
 
 
+def new_request_id() -> str:
+    return secrets.token_hex(8)
+
+
+def request_id_from(headers: dict[str, str]) -> str:
+    """The client's X-Request-Id when it is short and plain, else a new one."""
+    given = headers.get("x-request-id")
+    if given is not None and _REQUEST_ID.fullmatch(given):
+        return given
+    return new_request_id()
+
+
+def safe_header_value(value: str) -> bytes | None:
+    """``value`` as header bytes, or None when it is not fit for a response header."""
+    if _HEADER_VALUE.fullmatch(value) is None:
+        return None
+    return value.encode("ascii")
+
+
 class HTTPCore:
     __slots__ = (
         "_body",
+        "_body_left",
         "_body_size",
+        "_chunked",
         "_client",
         "_config",
         "_cors",
+        "_finder",
         "_h11",
+        "_head",
         "_headers",
+        "_inbox",
         "_method",
         "_render_error",
+        "_stage",
         "_target",
         "_version",
         "phase",
+        "request_id",
     )
 
     def __init__(
@@ -134,6 +187,8 @@ class HTTPCore:
         self._config = config
         self._cors = cors
         self._client = client
+        self._inbox = bytearray()
+        self._finder = HeadFinder(config.max_header_bytes)
         self.phase = Phase.IDLE
         self._reset_request()
 
@@ -144,13 +199,23 @@ class HTTPCore:
         self._version = "1.1"
         self._body: list[bytes] = []
         self._body_size = 0
+        self._body_left = 0
+        self._chunked: ChunkedBody | None = None
+        self._head = b""
+        self._stage = _Stage.HEAD
+        self.request_id = ""
 
     # -- input ---------------------------------------------------------------
 
     def receive(self, data: bytes) -> None:
         if data and self.phase is Phase.IDLE:
             self.phase = Phase.HEAD
-        self._h11.receive_data(data)
+        self._inbox += data
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet parsed: pipelined requests, while a handler runs."""
+        return len(self._inbox)
 
     def next_event(self) -> Request | Reject | Continue | NeedData:
         """The next thing the shell must act on; NEED_DATA once the buffer is used up."""
@@ -161,8 +226,7 @@ class HTTPCore:
             try:
                 event = conn.next_event()
             except h11.RemoteProtocolError as exc:
-                status = exc.error_status_hint
-                return self._reject(status, _PROTOCOL_ERRORS.get(status, _PROTOCOL_ERRORS[400]))
+                return self._protocol_error(exc)
             kind = type(event)
             if kind is h11.Data:
                 rejected = self._take_body(event.data)  # type: ignore[union-attr]
@@ -174,10 +238,57 @@ class HTTPCore:
                     return outcome
             elif kind is h11.EndOfMessage:
                 return self._complete_request()
+            elif event is h11.NEED_DATA:
+                try:
+                    if not self._feed():
+                        return NEED_DATA
+                except FramingError as exc:
+                    return self._reject(exc.status, exc.message)
             else:
-                # NEED_DATA, PAUSED (pipelined bytes wait for the next cycle) or
-                # ConnectionClosed: in every case nothing more to do now.
+                # PAUSED (a request is complete: the rest waits for the next cycle) or
+                # ConnectionClosed: nothing more to do now.
                 return NEED_DATA
+
+    def _feed(self) -> bool:
+        """Give h11 the next piece of the current message; False when there is none yet."""
+        inbox = self._inbox
+        if not inbox:
+            return False
+        stage = self._stage
+        if stage is _Stage.HEAD:
+            size = self._finder.find(inbox)
+            if size is None:
+                return False
+        elif stage is _Stage.LENGTH:
+            size = min(self._body_left, len(inbox))
+            self._body_left -= size
+            if not self._body_left:
+                self._stage = _Stage.END
+        elif stage is _Stage.CHUNKED:
+            assert self._chunked is not None
+            size = self._chunked.scan(inbox)
+            if self._chunked.done:
+                self._stage = _Stage.END
+            if not size:
+                return False
+        else:
+            return False
+        if size == len(inbox):
+            data = bytes(inbox)
+            inbox.clear()
+        else:
+            data = bytes(inbox[:size])
+            del inbox[:size]
+        if stage is _Stage.HEAD:
+            self._head = data  # kept for the rare refusal that needs a second look at it
+        self._h11.receive_data(data)
+        return True
+
+    def _protocol_error(self, exc: h11.RemoteProtocolError) -> Reject:
+        status = exc.error_status_hint
+        if status == 501 and self._head:
+            status = transfer_coding_status(self._head)
+        return self._reject(status, _PROTOCOL_ERRORS.get(status, _PROTOCOL_ERRORS[400]))
 
     def _take_head(self, event: h11.Request) -> Reject | Continue | None:
         config = self._config
@@ -201,13 +312,35 @@ class HTTPCore:
         self._target = event.target.decode("latin-1")
         self._headers = headers
         self._version = event.http_version.decode("latin-1")
+        self.request_id = request_id_from(headers)
         self.phase = Phase.BODY
-        length = headers.get("content-length")
-        if length is not None and int(length) > config.max_body_bytes:
-            return self._reject(413, self._too_large_message())
-        expects_body = "transfer-encoding" in headers or (length is not None and int(length) > 0)
+        framing = self._body_framing(headers)
+        if framing is not None:
+            return framing
+        expects_body = self._stage is not _Stage.END
         if expects_body and self._h11.they_are_waiting_for_100_continue:
             return Continue(self._h11.send(h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")))
+        return None
+
+    def _body_framing(self, headers: dict[str, str]) -> Reject | None:
+        """How the body is delimited (RFC 9112 §6.3), refusing every ambiguous case."""
+        length = headers.get("content-length")  # h11 has checked it: digits, one value
+        chunked = "transfer-encoding" in headers  # h11 has checked it: exactly "chunked"
+        if chunked:
+            if length is not None:
+                return self._reject(400, _AMBIGUOUS_LENGTH)  # §6.1: an error, then close
+            if self._version != "1.1":
+                return self._reject(400, _HTTP10_CHUNKED)  # §6.1: faulty framing
+            self._chunked = ChunkedBody(self._config.max_header_bytes)
+            self._stage = _Stage.CHUNKED
+        elif length is not None and int(length) > 0:
+            size = int(length)
+            if size > self._config.max_body_bytes:
+                return self._reject(413, self._too_large_message())
+            self._body_left = size
+            self._stage = _Stage.LENGTH
+        else:
+            self._stage = _Stage.END
         return None
 
     def _take_body(self, data: bytes) -> Reject | None:
@@ -220,9 +353,12 @@ class HTTPCore:
     def _too_large_message(self) -> str:
         return f"Request body too large (at most {self._config.max_body_bytes} bytes)"
 
-    def _complete_request(self) -> Request:
+    def _complete_request(self) -> Request | Reject:
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
-        path, query = split_target(self._target)
+        try:
+            path, query = split_target(self._target)
+        except ValueError:  # an absolute-form target urlsplit cannot take ("http://[x/")
+            return self._reject(400, _BAD_TARGET)
         self.phase = Phase.HANDLING
         return Request(
             method=self._method,
@@ -236,6 +372,7 @@ class HTTPCore:
 
     def _reject(self, status: int, message: str) -> Reject:
         self.phase = Phase.CLOSED
+        self._inbox.clear()  # nothing after a rejected request is ever parsed
         return Reject(status, message)
 
     # -- cycle ---------------------------------------------------------------
@@ -244,9 +381,10 @@ class HTTPCore:
         """After a complete response: True if the connection may carry another request."""
         conn = self._h11
         if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
-            conn.start_next_cycle()
+            conn.start_next_cycle()  # h11 holds nothing: it was fed this message only
             self._reset_request()
-            self.phase = Phase.HEAD if conn.trailing_data[0] else Phase.IDLE
+            self._finder.reset()
+            self.phase = Phase.HEAD if self._inbox else Phase.IDLE
             return True
         self.phase = Phase.CLOSED
         return False
@@ -259,13 +397,27 @@ class HTTPCore:
     # -- output --------------------------------------------------------------
 
     @property
+    def may_send_interim(self) -> bool:
+        """A 1xx response may go out now: an HTTP/1.1 client whose response has not begun."""
+        conn = self._h11
+        return self._version == "1.1" and conn.our_state is h11.SEND_RESPONSE
+
+    @property
     def head_only(self) -> bool:
         return self._method == "HEAD"
 
     def _extra_headers(self, headers: _RawHeaders, extra: HeaderPairs, close: bool) -> _RawHeaders:
         headers.append((b"date", http_date()))
+        if self.request_id:
+            headers.append((b"x-request-id", self.request_id.encode("ascii")))
         headers.extend(self._cors.headers_for(self._headers.get("origin")))
-        headers.extend((name.encode("ascii"), value.encode("ascii")) for name, value in extra)
+        for name, value in extra:
+            raw = safe_header_value(value)
+            if raw is None:
+                # Never a 500 and never a header split: the field is left out instead.
+                log.warning("response header %r dropped: its value is not plain ASCII text", name)
+                continue
+            headers.append((name.encode("ascii"), raw))
         if close:
             headers.append((b"connection", b"close"))
         return headers
@@ -303,16 +455,19 @@ class HTTPCore:
         """The terminal chunk (nothing for HTTP/1.0 and HEAD, whose end is the close or the head)."""
         return self._h11.send(h11.EndOfMessage())
 
-    def encode_error(self, status: int, message: str) -> bytes:
+    def encode_error(self, status: int, message: str, code: str | None = None) -> bytes:
         """The server's own error answer, always followed by closing the connection.
 
         Written without h11: it may follow a parse error, which leaves h11 unable to send.
         """
-        body = self._render_error(self.path if self._target else "", HTTPError(status, message))
+        body = self._render_error(self.path if self._target else "", HTTPError(status, message, code=code))
+        if not self.request_id:
+            self.request_id = new_request_id()  # rejected before its head was read
         lines = [
             b"HTTP/1.1 %d %s\r\n" % (status, reason(status)),
             b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body),
             b"date: %s\r\n" % http_date(),
+            b"x-request-id: %s\r\n" % self.request_id.encode("ascii"),
         ]
         lines += [b"%s: %s\r\n" % pair for pair in self._cors.headers_for(self._headers.get("origin"))]
         lines.append(b"connection: close\r\n\r\n")
@@ -328,8 +483,15 @@ class HTTPCore:
         return self._method
 
     @property
+    def client(self) -> tuple[str, int] | None:
+        return self._client
+
+    @property
     def path(self) -> str:
-        return split_target(self._target)[0] if self._target else "-"
+        try:
+            return split_target(self._target)[0] if self._target else "-"
+        except ValueError:
+            return "-"  # a target too broken to split: rejected, and logged without it
 
 
 def split_target(target: str) -> tuple[str, str]:

@@ -1,7 +1,12 @@
 """The asyncio shell around HTTPCore: one protocol instance per TCP connection.
 
 It owns what the core must not: the transport, the phase timers, the handler task
-(one at a time, so pipelined requests are answered in order) and write flow control.
+(one at a time, so pipelined requests are answered in order) and flow control both
+ways. Input is bounded: while a handler runs, pipelined bytes wait in the core and
+reading pauses once they exceed ``max_header_bytes``; the next pipelined request is
+taken only once the client has read enough of the answers for the transport's buffer
+to drain. So one connection holds a bounded amount of memory and gets one request
+per handler run, however much it sends.
 """
 
 from __future__ import annotations
@@ -9,8 +14,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from typing import TYPE_CHECKING, cast
 
+from .access import AccessRecord
 from .core import Continue, HTTPCore, Phase, Reject
 from .errors import HTTPError
 from .request import Request
@@ -27,6 +34,27 @@ access_log = logging.getLogger("ds2a.access")
 # reads it; so the answer is followed by FIN and the rest of the upload is swallowed
 # for at most this long.
 LINGER_SECONDS = 2.0
+
+# A client's EOF before its answer has begun is ambiguous: it may have half-closed
+# (shutdown(SHUT_WR) after sending; it still reads) or left for good. Only data sent to
+# it tells: a socket that is gone answers with a reset. So after PROBE_DELAY (a quick
+# answer needs no probe) an interim "100 Continue", which HTTP/1.1 clients must accept
+# before any final response, is sent, and the socket's error state is read at each of
+# PROBE_CHECKS: a reset means the client left, and its handler is cancelled then.
+PROBE_DELAY = 0.2
+PROBE_CHECKS = (0.05, 0.2, 1.0, 3.0)  # seconds after the probe (the reset takes a round trip)
+_INTERIM = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def peer_reset(transport: asyncio.BaseTransport | None) -> bool:
+    """The peer answered our last bytes with a reset: it closed its socket for good."""
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None:
+        return False
+    try:
+        return sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) != 0
+    except OSError:
+        return True
 
 
 def set_nodelay(transport: asyncio.BaseTransport) -> None:
@@ -51,12 +79,16 @@ class HTTPConnection(asyncio.Protocol):
         self._responder: Responder | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_phase: Phase | None = None
+        self._probe: asyncio.TimerHandle | None = None  # is a client that sent EOF still there?
         self._fresh = True  # no request yet: its head is due header_timeout after accept
         self._lingering = False
         self._reading_paused = False
-        self._pending_input = 0  # bytes buffered while a handler runs (pipelining)
-        self._input_limit = self._config.max_header_bytes + self._config.max_body_bytes
-        self._head_started_at = 0.0
+        # Unparsed bytes allowed while a handler runs: room for the next request's head.
+        # A body beyond it waits in the client's socket (TCP flow control), not in memory.
+        self._input_limit = self._config.max_header_bytes
+        self._peer_done = False  # the client sent EOF (it may only have half-closed)
+        self._next_waits_for_writable = False  # the next pipelined request waits for the client to read
+        self._head_started_at = 0.0  # time.monotonic(), for the access log
         self._writable: asyncio.Future[None] | None = None
         self.closed = False  # closing or gone: nothing more is written
         self.write_paused = False
@@ -84,22 +116,30 @@ class HTTPConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._lingering or self.closed:
             return
-        if self._task is not None:
-            self._buffer_while_busy(data)
-            return
-        if self.core.phase is Phase.IDLE:
-            self._head_started_at = self._loop.time()
-        self.core.receive(data)
-        self._process_input()
+        core = self.core
+        if core.phase is Phase.IDLE:
+            self._head_started_at = time.monotonic()
+        core.receive(data)
+        if self._task is None and not self._next_waits_for_writable:
+            self._process_input()
+        if core.buffered > self._input_limit:
+            self._pause_reading()
 
     def eof_received(self) -> bool:
-        if self._task is not None:
-            self._client_gone()
+        self._peer_done = True
+        if self._task is not None or self._next_waits_for_writable:
+            # Maybe a half-close: the answer is still written. A client that left for good
+            # is noticed by the probe (answer not begun) or at the next write, which fails.
+            responder = self._responder
+            if responder is not None and not responder.started and self.core.may_send_interim:
+                self._probe = self._loop.call_later(PROBE_DELAY, self._probe_peer)
+            return True
         self.closed = True
         return False  # let the transport close itself
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._cancel_probe()
         self._cancel_timer()
         self._wake_writer()
         self._client_gone()
@@ -113,6 +153,9 @@ class HTTPConnection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.write_paused = False
         self._wake_writer()
+        if self._next_waits_for_writable:
+            self._next_waits_for_writable = False
+            self._next_request()
 
     # -- flow control --------------------------------------------------------
 
@@ -127,18 +170,13 @@ class HTTPConnection(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def _buffer_while_busy(self, data: bytes) -> None:
-        """Keep pipelined bytes for after the running handler, but not without bound."""
-        self.core.receive(data)
-        self._pending_input += len(data)
-        if self._pending_input > self._input_limit and not self._reading_paused:
-            assert self._transport is not None
-            self._transport.pause_reading()
+    def _pause_reading(self) -> None:
+        if not self._reading_paused and self._transport is not None:
             self._reading_paused = True
+            self._transport.pause_reading()
 
     def _resume_reading(self) -> None:
-        self._pending_input = 0
-        if self._reading_paused and self._transport is not None:
+        if self._reading_paused and self._transport is not None and not self._peer_done:
             self._reading_paused = False
             self._transport.resume_reading()
 
@@ -165,16 +203,25 @@ class HTTPConnection(asyncio.Protocol):
             log.exception("unexpected error while reading a request; connection dropped")
             self._abort()
             return
-        if not self._lingering and not self.closed:
-            self._update_timer()
+        if self._lingering or self.closed:
+            return
+        if self._task is None and self._peer_done:
+            self._close()  # the client sent EOF and no complete request is left to answer
+            return
+        if core.buffered <= self._input_limit:
+            self._resume_reading()
+        self._update_timer()
 
     def _dispatch(self, request: Request) -> None:
         if self._server.shutting_down:
-            self._reject(503, "Server is shutting down")
+            self._reject(503, "Server is shutting down", code="shutting_down")
             return
         assert self._transport is not None
         self._fresh = False
-        responder = Responder(self, self._transport, request, self._head_started_at)
+        record = AccessRecord(
+            self.core.request_id, request.client, request.method, request.path, self._head_started_at
+        )
+        responder = Responder(self, self._transport, request, record)
         self._responder = responder
         task = self._loop.create_task(self._server.handler(request, responder))
         self._task = task
@@ -185,24 +232,34 @@ class HTTPConnection(asyncio.Protocol):
 
     def _on_handler_done(self, task: asyncio.Task[None]) -> None:
         responder = self._responder
+        self._cancel_probe()
         self._task = None
         self._responder = None
         assert responder is not None
+        answered = responder.finished  # before the settling below completes what the handler left
         try:
             must_close = self._settle_response(task, responder)
         except Exception:
             log.exception("could not finish the response to %s %s", responder.request.method, responder.request.path)
-            self._log_access(responder)
+            self._log_access(responder, answered)
             self._abort()
             return
-        self._log_access(responder)
+        self._log_access(responder, answered)
         if self.closed:
             return
         if must_close or self._server.shutting_down or not self.core.next_cycle():
             self._close()
             return
-        self._resume_reading()
-        self._head_started_at = self._loop.time()  # pipelined bytes may already hold the next head
+        if self.write_paused:
+            # The client is not reading its answers: take no more requests until it does.
+            self._next_waits_for_writable = True
+            return
+        self._next_request()
+
+    def _next_request(self) -> None:
+        if self.closed or self._lingering:
+            return
+        self._head_started_at = time.monotonic()  # pipelined bytes may already hold the next head
         self._process_input()
 
     def _error_body(self, path: str, status: int, message: str, code: str | None = None) -> bytes:
@@ -236,26 +293,52 @@ class HTTPConnection(asyncio.Protocol):
             responder.end_stream()
         return must_close
 
-    def _reject(self, status: int, message: str) -> None:
+    def _reject(self, status: int, message: str, code: str | None = None) -> None:
         """Answer the server's own error, then close gently."""
         self._cancel_timer()
         if self.closed:
             return
+        data = self.core.encode_error(status, message, code)
         self._log_reject(status)
-        self.write(self.core.encode_error(status, message))
+        self.write(data)
         self._linger()
 
     def _linger(self) -> None:
         transport = self._transport
         assert transport is not None
         self._lingering = True
-        if not transport.can_write_eof():
+        if self._peer_done or not transport.can_write_eof():
             self._close()
             return
         transport.write_eof()
-        self._resume_reading()  # EOF from the client ends the lingering early
+        self._resume_reading()  # EOF from the client ends the lingering early (bytes are dropped)
         self._timer = self._loop.call_later(LINGER_SECONDS, self._abort)
         self._timer_phase = Phase.CLOSED
+
+    def _probe_peer(self) -> None:
+        self._probe = None
+        responder = self._responder
+        if self.closed or responder is None or responder.started:
+            return  # answered (or being answered) meanwhile: its writes tell the rest
+        self.write(_INTERIM)
+        self._check_peer(0)
+
+    def _check_peer(self, step: int) -> None:
+        self._probe = None
+        if self.closed or self._responder is None:
+            return
+        if step > 0 and peer_reset(self._transport):
+            log.debug("client left before its answer (reset after EOF)")
+            self._client_gone()
+            self._abort()
+            return
+        if step < len(PROBE_CHECKS):
+            self._probe = self._loop.call_later(PROBE_CHECKS[step], self._check_peer, step + 1)
+
+    def _cancel_probe(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+            self._probe = None
 
     def _client_gone(self) -> None:
         """The client left: its handler stops now, so cleanup (upstream, account) runs at once."""
@@ -322,12 +405,14 @@ class HTTPConnection(asyncio.Protocol):
 
     def _close(self) -> None:
         self.closed = True
+        self._cancel_probe()
         self._cancel_timer()
         if self._transport is not None:
             self._transport.close()
 
     def _abort(self) -> None:
         self.closed = True
+        self._cancel_probe()
         self._cancel_timer()
         if self._transport is not None:
             self._transport.abort()
@@ -339,17 +424,22 @@ class HTTPConnection(asyncio.Protocol):
 
     # -- access log ----------------------------------------------------------
 
-    def _log_access(self, responder: Responder) -> None:
-        if not self._config.access_log or not access_log.isEnabledFor(logging.INFO):
-            return
-        request = responder.request
+    def _log_access(self, responder: Responder, answered: bool) -> None:
+        """One line per exchange; ``answered``: the handler itself completed the response."""
+        record = responder.log
         status = responder.status if responder.started else 499  # 499: client gone before an answer
-        elapsed = (self._loop.time() - responder.started_at) * 1000.0
-        access_log.info("%s %s %d %d %.1fms", request.method, request.path, status, responder.bytes_sent, elapsed)
+        record.bytes = responder.bytes_sent
+        gone = responder.disconnected.is_set() and not answered
+        cut = responder.shutting_down and not answered and (status == 503 or responder.framing is not None)
+        record.finish(status, gone=gone, shutdown=cut)
+        if self._config.access_log and access_log.isEnabledFor(logging.INFO):
+            access_log.info("%s", record.line(), extra={"access": record.as_dict()})
 
     def _log_reject(self, status: int) -> None:
         if not self._config.access_log or not access_log.isEnabledFor(logging.INFO):
             return
         core = self.core
-        elapsed = (self._loop.time() - self._head_started_at) * 1000.0 if self._head_started_at else 0.0
-        access_log.info("%s %s %d 0 %.1fms", core.method or "-", core.path, status, elapsed)
+        started = self._head_started_at or time.monotonic()
+        record = AccessRecord(core.request_id, core.client, core.method or "-", core.path, started)
+        record.finish(status, shutdown=status == 503 and self._server.shutting_down)
+        access_log.info("%s", record.line(), extra={"access": record.as_dict()})

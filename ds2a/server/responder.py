@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
+from .access import AccessRecord
 from .core import Framing, HeaderPairs, chunk
 from .request import Request
 
@@ -27,14 +28,16 @@ class Responder:
         "disconnected",
         "finished",
         "framing",
+        "log",
         "request",
         "shutting_down",
         "started",
-        "started_at",
         "status",
     )
 
-    def __init__(self, conn: HTTPConnection, transport: asyncio.Transport, request: Request, now: float) -> None:
+    def __init__(
+        self, conn: HTTPConnection, transport: asyncio.Transport, request: Request, record: AccessRecord
+    ) -> None:
         self._conn = conn
         self._transport = transport
         self._stream = _NOT_STARTED
@@ -46,7 +49,8 @@ class Responder:
         self.status = 0
         self.bytes_sent = 0  # body bytes, for the access log
         self.framing: Framing | None = None
-        self.started_at = now
+        # The access-log line of this exchange: handlers add model, account, ttft, tokens, outcome.
+        self.log = record
 
     def send(
         self,

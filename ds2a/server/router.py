@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from urllib.parse import unquote
 
+from .cors import allowed_request_headers
 from .errors import HTTPError
 from .request import Request
 from .responder import Responder
@@ -126,7 +127,7 @@ def answer_options(request: Request, responder: Responder, allow: str) -> None:
     headers = [("allow", allow)]
     if "access-control-request-method" in request.headers:
         headers.append(("access-control-allow-methods", allow))
-        requested = request.headers.get("access-control-request-headers")
+        requested = allowed_request_headers(request.headers.get("access-control-request-headers", ""))
         if requested:
             headers.append(("access-control-allow-headers", requested))
         headers.append(("access-control-max-age", PREFLIGHT_MAX_AGE))

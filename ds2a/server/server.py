@@ -64,6 +64,7 @@ class HTTPServer:
             self.config.host,
             self.config.port,
             reuse_address=True,
+            backlog=self.config.backlog,
         )
         host, port = self._server.sockets[0].getsockname()[:2]
         log.info("listening on %s:%d", host, port)

@@ -292,7 +292,7 @@ DOCUMENT = {"type": "document", "source": {"type": "text", "media_type": "text/p
         (_with("output_format", {"type": "xml"}), "output_format.type: Input should be 'json_schema'"),
         (
             _with("messages.0.content", "bad \ud800 text"),
-            "messages.0.content: the string holds a lone UTF-16 surrogate",
+            "Invalid string in 'messages.0.content': it contains a lone UTF-16 surrogate",
         ),
         (b"{not json", "The request body is not valid JSON"),
         (b"[1]", "The request body must be a JSON object"),

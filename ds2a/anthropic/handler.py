@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import parse_qs
 
+from ds2a.api.access import note_outcome, open_answer
 from ds2a.anthropic.encode import MessageCollector, MessageStream, dumps, new_id
 from ds2a.anthropic.errors import OVERLOADED, deepseek_error, pool_error, render_anthropic_error
 from ds2a.anthropic.models import ClaudeModels
@@ -67,7 +68,7 @@ class MessagesHandler:
         generation = Generation(
             req.conversation, req.spec, req.stop, req.max_tokens, caller.direct_token, stream=req.stream
         )
-        answer = await self._open(generation)
+        answer = await self._open(generation, responder, req.model)
         try:
             if req.stream:
                 await self._stream(responder, answer, req)
@@ -76,9 +77,9 @@ class MessagesHandler:
         finally:
             answer.close()
 
-    async def _open(self, generation: Generation) -> RelayAnswer:
+    async def _open(self, generation: Generation, responder: Responder, model: str) -> RelayAnswer:
         try:
-            return await self.relay.open(generation)
+            return await open_answer(self.relay, generation, responder.log, model)
         except DeepSeekError as exc:
             raise deepseek_error(exc, direct=generation.direct_token is not None) from None
         except PoolError as exc:
@@ -104,6 +105,7 @@ class MessagesHandler:
             return
         finally:
             keepalive.cancel()
+        note_outcome(responder.log, outcome)
         if outcome.error is not None:
             # A visible error, never a fake end_turn: the SDKs raise on an error event.
             err = deepseek_error(outcome.error)
@@ -125,6 +127,7 @@ class MessagesHandler:
     async def _collect(self, responder: Responder, answer: RelayAnswer, req: MessagesRequest) -> None:
         sink = MessageCollector(show_thinking=req.show_thinking)
         outcome = await answer.run(sink)
+        note_outcome(responder.log, outcome)
         if outcome.error is not None:
             raise deepseek_error(outcome.error)
         responder.send(200, sink.body(new_id("msg_"), req.model, outcome))

@@ -32,6 +32,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
+from ds2a.api.body import load_json_object
 from ds2a.anthropic.errors import invalid_request
 from ds2a.anthropic.models import ClaudeModels
 from ds2a.api.models import ModelSpec
@@ -50,7 +51,6 @@ from ds2a.relay.conversation import (
 
 BILLING_NOTE = "x-anthropic-billing-header:"
 TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,128}$")
-_SURROGATE = re.compile("[\ud800-\udfff]")
 UNSUPPORTED_BLOCKS = {
     "image": "images",
     "document": "documents",
@@ -161,40 +161,10 @@ def _optional(data: dict[str, Any], key: str, typ: type | tuple[type, ...], expe
     return value
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
 def load_object(body: bytes) -> dict[str, Any]:
-    """The body as a JSON object; bad JSON, a non-object or a lone surrogate is a 400."""
-    if not body.strip():
-        _fail("", "The request body is empty; expected a JSON object.")
-    try:
-        data = json.loads(body, parse_constant=_reject_constant)
-    except json.JSONDecodeError as exc:
-        _fail("", f"The request body is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno}).")
-    except (ValueError, RecursionError) as exc:  # bad UTF-8, NaN, huge ints, absurd nesting
-        _fail("", f"The request body is not valid JSON: {exc}.")
-    if not isinstance(data, dict):
-        _fail("", f"The request body must be a JSON object, got {_kind(data)}.")
-    _check_surrogates(data, "")
-    return data
-
-
-def _check_surrogates(value: Any, path: str) -> None:
-    """A ``\\ud83d`` escape without its pair parses, but no upstream can take it: name where it is."""
-    if isinstance(value, str):
-        if _SURROGATE.search(value):
-            _fail(path or "body", "the string holds a lone UTF-16 surrogate (an unpaired \\uD800-\\uDFFF escape)")
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            where = f"{path}.{key}" if path else key
-            if _SURROGATE.search(key):
-                _fail(path or "body", "a key holds a lone UTF-16 surrogate (an unpaired \\uD800-\\uDFFF escape)")
-            _check_surrogates(item, where)
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            _check_surrogates(item, f"{path}.{i}")
+    """The body as a JSON object; bad JSON, a non-object or invalid Unicode is a 400
+    (param paths in Anthropic's dotted spelling)."""
+    return load_json_object(body, indexes="dots")
 
 
 # --- parameters ------------------------------------------------------------------------

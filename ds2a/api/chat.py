@@ -15,6 +15,7 @@ import logging
 import time
 from typing import Any
 
+from ds2a.api.access import note_outcome, open_answer
 from ds2a.api.auth import Authenticator
 from ds2a.api.encode import ChunkEncoder, completion_body, new_completion_id
 from ds2a.api.errors import pool_error, upstream_error
@@ -22,11 +23,10 @@ from ds2a.api.models import ModelTable
 from ds2a.api.validate import ChatRequest, parse_chat_request
 from ds2a.config import Config
 from ds2a.deepseek.errors import DeepSeekError
-from ds2a.pool.errors import PoolClosing, PoolError
+from ds2a.pool.errors import PoolError
 from ds2a.relay.answer import Annotation, Outcome
 from ds2a.relay.core import Generation, Relay, RelayAnswer
 from ds2a.server import Request, Responder
-from ds2a.server.access import SHUTDOWN, UNAVAILABLE, UPSTREAM_ERROR, AccessRecord
 
 log = logging.getLogger(__name__)
 
@@ -147,14 +147,10 @@ class ChatHandler:
     async def __call__(self, request: Request, responder: Responder) -> None:
         caller = self.auth(request.headers)
         chat = parse_chat_request(request.body, self.models)
-        record = responder.log
-        record.model = chat.model
         generation = Generation(
             chat.conversation, chat.spec, chat.stop, chat.max_tokens, caller.direct_token, stream=chat.stream
         )
-        answer = await self._open(generation, record)
-        record.first_token()  # the upstream's first text is in; it leaves now (stream) or with the body
-        record.account = answer.account_label
+        answer = await self._open(generation, responder, chat.model)
         try:
             if chat.stream:
                 await self._stream(responder, answer, chat)
@@ -163,24 +159,13 @@ class ChatHandler:
         finally:
             answer.close()
 
-    async def _open(self, generation: Generation, record: AccessRecord) -> RelayAnswer:
+    async def _open(self, generation: Generation, responder: Responder, model: str) -> RelayAnswer:
         try:
-            return await self.relay.open(generation)
+            return await open_answer(self.relay, generation, responder.log, model)
         except DeepSeekError as exc:
-            record.outcome = UPSTREAM_ERROR
             raise upstream_error(exc, direct=generation.direct_token is not None) from None
         except PoolError as exc:
-            if isinstance(exc, PoolClosing):
-                record.outcome = SHUTDOWN
-            elif exc.status == 503:
-                record.outcome = UNAVAILABLE  # (429: "busy", from the status)
             raise pool_error(exc) from None
-
-    @staticmethod
-    def _log_outcome(responder: Responder, outcome: Outcome) -> None:
-        responder.log.tokens = outcome.completion_tokens
-        if outcome.error is not None:
-            responder.log.outcome = UPSTREAM_ERROR
 
     # --- streaming ------------------------------------------------------------
 
@@ -201,7 +186,7 @@ class ChatHandler:
             responder.write(ChunkEncoder.error("internal error while relaying the answer", "server_error", "internal_error"))
             responder.end_stream()
             return
-        self._log_outcome(responder, outcome)
+        note_outcome(responder.log, outcome)
         if outcome.error is not None:
             # A visible error, never a fake "stop": the SDKs raise on an error event.
             err = upstream_error(outcome.error)
@@ -226,7 +211,7 @@ class ChatHandler:
     async def _collect(self, responder: Responder, answer: RelayAnswer, chat: ChatRequest) -> None:
         sink = CollectSink()
         outcome = await answer.run(sink)
-        self._log_outcome(responder, outcome)
+        note_outcome(responder.log, outcome)
         if outcome.error is not None:
             raise upstream_error(outcome.error)
         content = "".join(sink.content)

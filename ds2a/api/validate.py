@@ -134,10 +134,6 @@ def _wrong_type(param: str, expected: str, value: Any) -> NoReturn:
     _fail(f"Invalid type for '{param}': expected {expected}, but got {_kind(value)} instead.", param, "invalid_type")
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
 def _load(body: bytes) -> dict[str, Any]:
     return load_json_object(body)
 

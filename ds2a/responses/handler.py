@@ -18,6 +18,7 @@ import logging
 from typing import Any
 from urllib.parse import parse_qs
 
+from ds2a.api.access import note_outcome, open_answer
 from ds2a.api.auth import Authenticator
 from ds2a.api.errors import ApiError, pool_error, upstream_error
 from ds2a.api.models import ModelTable
@@ -65,7 +66,7 @@ class ResponsesHandler:
         generation = Generation(
             req.conversation(history), req.spec, [], req.max_output_tokens, caller.direct_token, stream=req.stream
         )
-        answer = await self._open(generation)
+        answer = await self._open(generation, responder, req.model)
         envelope = ResponseEnvelope(req.model, req.echo)
         try:
             if req.stream:
@@ -89,9 +90,9 @@ class ResponsesHandler:
             )
         return record.conversation()
 
-    async def _open(self, generation: Generation) -> RelayAnswer:
+    async def _open(self, generation: Generation, responder: Responder, model: str) -> RelayAnswer:
         try:
-            return await self.relay.open(generation)
+            return await open_answer(self.relay, generation, responder.log, model)
         except DeepSeekError as exc:
             raise upstream_error(exc, direct=generation.direct_token is not None) from None
         except PoolError as exc:
@@ -136,6 +137,7 @@ class ResponsesHandler:
             responder.end_stream()
             return
         body = sink.finish(outcome)
+        note_outcome(responder.log, outcome)
         if outcome.error is not None:
             log.info("answer on %s failed mid-stream: %s", answer.account_label, outcome.error.message)
         await self._keep(request, req, body, history, owner)
@@ -154,6 +156,7 @@ class ResponsesHandler:
     ) -> None:
         sink = CollectSink(envelope, summary=req.reasoning_summary)
         outcome = await answer.run(sink)
+        note_outcome(responder.log, outcome)
         if outcome.error is not None:
             raise upstream_error(outcome.error)
         body = sink.finish(outcome)

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
+from ds2a.api.body import load_json_object
 from ds2a.api.errors import ApiError
 from ds2a.api.models import ModelSpec, ModelTable
 from ds2a.relay.conversation import (
@@ -194,26 +195,8 @@ def _missing(param: str) -> NoReturn:
     _fail(f"Missing required parameter: '{param}'.", param, "missing_required_parameter")
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
 def _load(body: bytes) -> dict[str, Any]:
-    if not body.strip():
-        _fail("The request body is empty; expected a JSON object.", None, "invalid_json")
-    try:
-        data = json.loads(body, parse_constant=_reject_constant)
-    except json.JSONDecodeError as exc:
-        _fail(
-            f"The request body is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno}).",
-            None,
-            "invalid_json",
-        )
-    except (ValueError, RecursionError) as exc:  # bad UTF-8, NaN, huge ints, absurd nesting
-        _fail(f"The request body is not valid JSON: {exc}.", None, "invalid_json")
-    if not isinstance(data, dict):
-        _fail(f"The request body must be a JSON object, got {_kind(data)}.", None, "invalid_type")
-    return data
+    return load_json_object(body)
 
 
 def _require(data: dict[str, Any], key: str, typ: type, expected: str, path: str | None = None) -> Any:

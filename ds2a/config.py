@@ -100,6 +100,10 @@ class ApiConfig:
     # The web chat's input limit (protocol doc §12): a longer prompt is refused with a 400
     # before any account, session or proof of work is spent on it.
     max_prompt_chars: int = 2_621_440
+    # An answer longer than this (text and thoughts) is ended with an error: an upstream that
+    # never stops must not grow a collected body without bound. Real answers, continuations
+    # included, stay far below it; a collected answer this long takes about 40 MB.
+    max_answer_chars: int = 2_000_000
     models: list[dict[str, Any]] = field(default_factory=list)  # [] = the default table
 
 
@@ -328,6 +332,7 @@ def _validate(cfg: Config) -> None:
         ("pool.max_attempts", cfg.pool.max_attempts, 1),
         ("deepseek.pool_limit", cfg.deepseek.pool_limit, 1),
         ("api.max_prompt_chars", cfg.api.max_prompt_chars, 1),
+        ("api.max_answer_chars", cfg.api.max_answer_chars, 1),
     ]
     for name, value, low in positive:
         if value < low:

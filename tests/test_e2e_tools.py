@@ -372,3 +372,20 @@ def test_a_prompt_over_the_limit_is_refused_before_any_upstream_call(make_stack:
     assert info.value.body["param"] == "messages"
     assert "500" in info.value.message
     assert small.counters()["completions"] == before["completions"]
+
+
+def test_an_answer_past_the_size_bound_ends_with_an_error_and_frees_the_account(make_stack: Any) -> None:
+    small = make_stack(accounts=1, config={"api": {"max_answer_chars": 2000}})
+    prompt = ask("[[sim:tokens=5000]] a very long answer")
+    with pytest.raises(openai.APIStatusError) as info:
+        sdk(small).chat.completions.create(model="deepseek-chat", messages=prompt)
+    assert info.value.status_code == 502 and "exceeded 2000 characters" in info.value.message
+    with pytest.raises(openai.APIError, match="exceeded 2000 characters"):
+        for _ in sdk(small).chat.completions.create(model="deepseek-chat", messages=prompt, stream=True):
+            pass
+    small.wait_idle()
+    counters = small.counters()
+    assert counters["stops"] == 2, "the generation behind each cut answer is stopped"
+    assert counters["max_active_per_account"] == 1
+    # The account is free again: a short answer goes through.
+    assert sdk(small).chat.completions.create(model="deepseek-chat", messages=ask("short")).choices[0].message.content

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-
 from ds2a.api.models import ModelSpec
 from ds2a.config import Config
 from ds2a.deepseek.errors import DeepSeekError, ErrorKind
 from ds2a.deepseek.events import AnswerDelta, Citation, Finish, ReasoningDelta, StreamError, Usage
-from ds2a.relay import core
 from ds2a.relay.conversation import Conversation, Message, Text
 from ds2a.relay.core import Generation, Relay, RelayAnswer
 
@@ -70,10 +67,10 @@ class RecordingSink:
 
 
 async def relay(batches: list[Any], *, spec: ModelSpec = CHAT, stop: list[str] | None = None,
-                max_tokens: int | None = None) -> tuple[Any, RecordingSink, ScriptedUpstream]:
+                max_tokens: int | None = None, config: Config | None = None) -> tuple[Any, RecordingSink, ScriptedUpstream]:
     generation = Generation(Conversation([Message("user", [Text("hi")])]), spec, stop or [], max_tokens)
     upstream = ScriptedUpstream(batches)
-    answer = RelayAnswer(Relay(Config(), pool=None), generation, upstream, 7)  # type: ignore[arg-type]
+    answer = RelayAnswer(Relay(config or Config(), pool=None), generation, upstream, 7)  # type: ignore[arg-type]
     sink = RecordingSink()
     outcome = await answer.run(sink)
     return outcome, sink, upstream
@@ -122,9 +119,10 @@ async def test_a_dropped_connection_mid_answer_is_an_error() -> None:
     assert outcome.error is not None and outcome.error.kind is ErrorKind.TIMEOUT
 
 
-async def test_an_endless_answer_is_cut_with_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(core, "MAX_ANSWER_CHARS", 50)
-    outcome, sink, _ = await relay([[AnswerDelta("x" * 10)] for _ in range(100)])
+async def test_an_endless_answer_is_cut_with_an_error() -> None:
+    config = Config()
+    config.api.max_answer_chars = 50
+    outcome, sink, _ = await relay([[AnswerDelta("x" * 10)] for _ in range(100)], config=config)
     assert outcome.error is not None and "exceeded 50 characters" in outcome.error.message
     assert len(sink.texts()) <= 60
 

@@ -43,10 +43,6 @@ log = logging.getLogger(__name__)
 # automatic continuation rounds are used up, i.e. the answer was cut for length.
 FINISH_REASONS = {"stop": "stop", "content_filter": "content_filter", "incomplete": "length"}
 LARGE_PROMPT = 20_000  # characters; the token count runs off the loop beyond this
-# An answer longer than this (text and thoughts, in characters) is ended with an error:
-# an upstream that never stops must not grow a collected body without bound. Genuine
-# answers, continuations included, stay far below it.
-MAX_ANSWER_CHARS = 2_000_000
 
 
 @dataclass(slots=True)
@@ -190,6 +186,7 @@ class RelayAnswer:
         to_text = chain.text
         to_reasoning = chain.reasoning
         limit = self.generation.max_tokens
+        max_chars = self.relay.config.api.max_answer_chars
         while batch := await read_events():
             for event in batch:
                 kind = type(event)
@@ -213,10 +210,8 @@ class RelayAnswer:
             if state.finish_reason is not None or state.error is not None:
                 return
             state.chars = chain.chars
-            if state.chars > MAX_ANSWER_CHARS:
-                state.error = DeepSeekError(
-                    ErrorKind.PROTOCOL, f"the answer exceeded {MAX_ANSWER_CHARS} characters and was cut"
-                )
+            if state.chars > max_chars:
+                state.error = DeepSeekError(ErrorKind.PROTOCOL, f"the answer exceeded {max_chars} characters and was cut")
                 return
             if sink.paused:
                 await sink.drain()

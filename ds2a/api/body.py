@@ -14,9 +14,10 @@ from __future__ import annotations
 import json
 from typing import Any, Literal, NoReturn
 
-IndexStyle = Literal["brackets", "dots"]
-
 from ds2a.api.errors import ApiError
+from ds2a.api.fields import kind
+
+IndexStyle = Literal["brackets", "dots"]
 
 
 def load_json_object(body: bytes, *, indexes: IndexStyle = "brackets") -> dict[str, Any]:
@@ -56,23 +57,6 @@ def check_strings(data: dict[str, Any], *, indexes: IndexStyle = "brackets") -> 
             stack.extend((index.format(path, i), value[i]) for i in range(len(value) - 1, -1, -1))
         elif isinstance(value, str) and not _encodable(value):
             _bad_string(path, f"'{path}'")
-
-
-def kind(value: Any) -> str:
-    """How a JSON value's type is named in messages."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return "an object"
 
 
 def _encodable(text: str) -> bool:

@@ -29,7 +29,11 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from ds2a.api.body import load_json_object
-from ds2a.api.errors import ApiError
+from ds2a.api.fields import fail as _fail
+from ds2a.api.fields import missing as _missing
+from ds2a.api.fields import optional as _optional
+from ds2a.api.fields import require as _require
+from ds2a.api.fields import wrong_type as _wrong_type
 from ds2a.api.models import ModelSpec, ModelTable
 from ds2a.relay.conversation import (
     Conversation,
@@ -159,61 +163,8 @@ def parse_responses_request(body: bytes, models: ModelTable) -> ResponsesRequest
 # --- helpers -------------------------------------------------------------------------
 
 
-def _fail(message: str, param: str | None, code: str) -> NoReturn:
-    raise ApiError(400, message, param=param, code=code)
-
-
-def _kind(value: Any) -> str:
-    """How a JSON value's type is named in messages."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return "an object"
-
-
-def _is(value: Any, types: tuple[type, ...]) -> bool:
-    # JSON booleans are Python ints; only a field declared boolean accepts them.
-    if isinstance(value, bool):
-        return bool in types
-    return isinstance(value, types)
-
-
-def _wrong_type(param: str, expected: str, value: Any) -> NoReturn:
-    _fail(f"Invalid type for '{param}': expected {expected}, but got {_kind(value)} instead.", param, "invalid_type")
-
-
-def _missing(param: str) -> NoReturn:
-    _fail(f"Missing required parameter: '{param}'.", param, "missing_required_parameter")
-
-
 def _load(body: bytes) -> dict[str, Any]:
     return load_json_object(body)
-
-
-def _require(data: dict[str, Any], key: str, typ: type, expected: str, path: str | None = None) -> Any:
-    where = path or key
-    if data.get(key) is None:
-        _missing(where)
-    value = data[key]
-    if not _is(value, (typ,)):
-        _wrong_type(where, expected, value)
-    return value
-
-
-def _optional(data: dict[str, Any], key: str, types: tuple[type, ...], expected: str, path: str | None = None) -> Any:
-    value = data.get(key)
-    if value is not None and not _is(value, types):
-        _wrong_type(path or key, expected, value)
-    return value
 
 
 def _object(value: Any, path: str) -> dict[str, Any]:

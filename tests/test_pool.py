@@ -461,7 +461,10 @@ async def test_failed_background_preparation_is_not_left_unretrieved(tmp_path: P
         assert pool.accounts[0].health is Health.COOLING
         gc.collect()
         await asyncio.sleep(0)
-        assert not reported, reported
+        # Only what this pool left behind: garbage of earlier tests (an SDK client closing on
+        # a loop that is gone) may be collected here too and is not the pool's.
+        ours = [c for c in reported if isinstance(c.get("exception"), DeepSeekError) or "ds2a" in repr(c.get("future"))]
+        assert not ours, ours
         await pool.close()
     finally:
         loop.set_exception_handler(None)

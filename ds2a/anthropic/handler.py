@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import parse_qs
 
-from ds2a.api.access import note_outcome, open_answer
+from ds2a.api.dialect import SHUTTING_DOWN, open_answer, run_answer, run_stream
 from ds2a.anthropic.encode import MessageCollector, MessageStream, dumps, new_id
 from ds2a.anthropic.errors import OVERLOADED, deepseek_error, pool_error, render_anthropic_error
 from ds2a.anthropic.models import ClaudeModels
@@ -32,8 +32,6 @@ from ds2a.anthropic.parse import MessagesRequest, parse_messages_request
 from ds2a.api.auth import Authenticator
 from ds2a.api.errors import ApiError
 from ds2a.config import Config
-from ds2a.deepseek.errors import DeepSeekError
-from ds2a.pool.errors import PoolError
 from ds2a.relay.core import Generation, Relay, RelayAnswer
 from ds2a.server import Request, Responder
 from ds2a.server.errors import HTTPError
@@ -68,7 +66,9 @@ class MessagesHandler:
         generation = Generation(
             req.conversation, req.spec, req.stop, req.max_tokens, caller.direct_token, stream=req.stream
         )
-        answer = await self._open(generation, responder, req.model)
+        answer = await open_answer(
+            self.relay, generation, responder, req.model, upstream_error=deepseek_error, pool_error=pool_error
+        )
         try:
             if req.stream:
                 await self._stream(responder, answer, req)
@@ -77,44 +77,29 @@ class MessagesHandler:
         finally:
             answer.close()
 
-    async def _open(self, generation: Generation, responder: Responder, model: str) -> RelayAnswer:
-        try:
-            return await open_answer(self.relay, generation, responder.log, model)
-        except DeepSeekError as exc:
-            raise deepseek_error(exc, direct=generation.direct_token is not None) from None
-        except PoolError as exc:
-            raise pool_error(exc) from None
-
     async def _stream(self, responder: Responder, answer: RelayAnswer, req: MessagesRequest) -> None:
         sink = MessageStream(responder, new_id("msg_"), req.model, show_thinking=req.show_thinking)
         responder.start_stream(200)
         sink.start(answer.prompt_tokens)
         keepalive = asyncio.create_task(self._keepalive(sink))
         try:
-            outcome = await answer.run(sink)
-        except asyncio.CancelledError:
-            if responder.shutting_down and not responder.disconnected.is_set():
-                sink.fail(OVERLOADED, "the gateway is shutting down; try again")
-                responder.end_stream()
-            raise
-        except Exception:
-            # A bug of ours mid-answer: still a visible error for the client, not a silent cut.
-            log.exception("relaying an answer failed")
-            sink.fail(500, "internal error while relaying the answer")
-            responder.end_stream()
-            return
+            outcome = await run_stream(answer, sink, responder, lambda code, message: self._fail(sink, code, message))
         finally:
             keepalive.cancel()
-        note_outcome(responder.log, outcome)
+        if outcome is None:
+            return
         if outcome.error is not None:
             # A visible error, never a fake end_turn: the SDKs raise on an error event.
             err = deepseek_error(outcome.error)
             sink.fail(err.status, err.message)
             responder.end_stream()
-            log.info("answer on %s failed mid-stream: %s", answer.account_label, outcome.error.message)
             return
         sink.finish(outcome)
         responder.end_stream()
+
+    @staticmethod
+    def _fail(sink: MessageStream, code: str, message: str) -> None:
+        sink.fail(OVERLOADED if code == SHUTTING_DOWN else 500, message)
 
     async def _keepalive(self, sink: MessageStream) -> None:
         seen = sink.writes
@@ -126,8 +111,7 @@ class MessagesHandler:
 
     async def _collect(self, responder: Responder, answer: RelayAnswer, req: MessagesRequest) -> None:
         sink = MessageCollector(show_thinking=req.show_thinking)
-        outcome = await answer.run(sink)
-        note_outcome(responder.log, outcome)
+        outcome = await run_answer(answer, sink, responder)
         if outcome.error is not None:
             raise deepseek_error(outcome.error)
         responder.send(200, sink.body(new_id("msg_"), req.model, outcome))

@@ -10,20 +10,18 @@ answer for one ``chat.completion`` body.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
-from ds2a.api.access import note_outcome, open_answer
+from ds2a.api.dialect import open_answer, run_answer, run_stream
 from ds2a.api.auth import Authenticator
 from ds2a.api.encode import ChunkEncoder, completion_body, new_completion_id
 from ds2a.api.errors import pool_error, upstream_error
 from ds2a.api.models import ModelTable
 from ds2a.api.validate import ChatRequest, parse_chat_request
 from ds2a.config import Config
-from ds2a.deepseek.errors import DeepSeekError
-from ds2a.pool.errors import PoolError
 from ds2a.relay.answer import Annotation, Outcome
 from ds2a.relay.core import Generation, Relay, RelayAnswer
 from ds2a.server import Request, Responder
@@ -150,7 +148,9 @@ class ChatHandler:
         generation = Generation(
             chat.conversation, chat.spec, chat.stop, chat.max_tokens, caller.direct_token, stream=chat.stream
         )
-        answer = await self._open(generation, responder, chat.model)
+        answer = await open_answer(
+            self.relay, generation, responder, chat.model, upstream_error=upstream_error, pool_error=pool_error
+        )
         try:
             if chat.stream:
                 await self._stream(responder, answer, chat)
@@ -159,46 +159,31 @@ class ChatHandler:
         finally:
             answer.close()
 
-    async def _open(self, generation: Generation, responder: Responder, model: str) -> RelayAnswer:
-        try:
-            return await open_answer(self.relay, generation, responder.log, model)
-        except DeepSeekError as exc:
-            raise upstream_error(exc, direct=generation.direct_token is not None) from None
-        except PoolError as exc:
-            raise pool_error(exc) from None
-
     # --- streaming ------------------------------------------------------------
 
     async def _stream(self, responder: Responder, answer: RelayAnswer, chat: ChatRequest) -> None:
         enc = ChunkEncoder(new_completion_id(), int(time.time()), chat.model)
         responder.start_stream(200)
         responder.write(enc.role())
-        try:
-            outcome = await answer.run(StreamSink(responder, enc, legacy_functions=chat.legacy_functions))
-        except asyncio.CancelledError:
-            if responder.shutting_down and not responder.disconnected.is_set():
-                responder.write(ChunkEncoder.error("the gateway is shutting down", "server_error", "shutting_down"))
-                responder.end_stream()
-            raise
-        except Exception:
-            # A bug of ours mid-answer: still a visible error for the client, not a silent cut.
-            log.exception("relaying an answer failed")
-            responder.write(ChunkEncoder.error("internal error while relaying the answer", "server_error", "internal_error"))
-            responder.end_stream()
+        sink = StreamSink(responder, enc, legacy_functions=chat.legacy_functions)
+        outcome = await run_stream(answer, sink, responder, self._fail_stream(responder))
+        if outcome is None:
             return
-        note_outcome(responder.log, outcome)
         if outcome.error is not None:
             # A visible error, never a fake "stop": the SDKs raise on an error event.
             err = upstream_error(outcome.error)
             responder.write(ChunkEncoder.error(err.message, err.type, err.code))
             responder.end_stream()
-            log.info("answer on %s failed mid-stream: %s", answer.account_label, outcome.error.message)
             return
         responder.write(enc.finish(self._finish_reason(outcome, chat), url_citations(outcome.annotations)))
         if chat.include_usage:
             responder.write(enc.usage(outcome.prompt_tokens, outcome.completion_tokens, outcome.reasoning_tokens))
         responder.write(ChunkEncoder.DONE)
         responder.end_stream()
+
+    @staticmethod
+    def _fail_stream(responder: Responder) -> Callable[[str, str], None]:
+        return lambda code, message: responder.write(ChunkEncoder.error(message, "server_error", code))
 
     @staticmethod
     def _finish_reason(outcome: Outcome, chat: ChatRequest) -> str:
@@ -210,8 +195,7 @@ class ChatHandler:
 
     async def _collect(self, responder: Responder, answer: RelayAnswer, chat: ChatRequest) -> None:
         sink = CollectSink()
-        outcome = await answer.run(sink)
-        note_outcome(responder.log, outcome)
+        outcome = await run_answer(answer, sink, responder)
         if outcome.error is not None:
             raise upstream_error(outcome.error)
         content = "".join(sink.content)

@@ -11,19 +11,16 @@ from it at once; it is readable only with the credential that created it.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
 from typing import Any
 from urllib.parse import parse_qs
 
-from ds2a.api.access import note_outcome, open_answer
+from ds2a.api.dialect import open_answer, run_answer, run_stream
 from ds2a.api.auth import Authenticator
 from ds2a.api.errors import ApiError, pool_error, upstream_error
 from ds2a.api.models import ModelTable
-from ds2a.deepseek.errors import DeepSeekError
-from ds2a.pool.errors import PoolError
 from ds2a.relay.core import Generation, Relay, RelayAnswer
 from ds2a.responses.encode import CollectSink, ResponseEnvelope, StreamSink
 from ds2a.responses.parse import ResponsesRequest, parse_responses_request
@@ -66,7 +63,9 @@ class ResponsesHandler:
         generation = Generation(
             req.conversation(history), req.spec, [], req.max_output_tokens, caller.direct_token, stream=req.stream
         )
-        answer = await self._open(generation, responder, req.model)
+        answer = await open_answer(
+            self.relay, generation, responder, req.model, upstream_error=upstream_error, pool_error=pool_error
+        )
         envelope = ResponseEnvelope(req.model, req.echo)
         try:
             if req.stream:
@@ -89,14 +88,6 @@ class ResponsesHandler:
                 code="previous_response_not_found",
             )
         return record.conversation()
-
-    async def _open(self, generation: Generation, responder: Responder, model: str) -> RelayAnswer:
-        try:
-            return await open_answer(self.relay, generation, responder.log, model)
-        except DeepSeekError as exc:
-            raise upstream_error(exc, direct=generation.direct_token is not None) from None
-        except PoolError as exc:
-            raise pool_error(exc) from None
 
     async def _keep(
         self, request: Request, req: ResponsesRequest, body: dict[str, Any], history: list[dict[str, Any]], owner: str
@@ -123,23 +114,10 @@ class ResponsesHandler:
         responder.start_stream(200)
         sink = StreamSink(responder, envelope, summary=req.reasoning_summary)
         sink.begin()
-        try:
-            outcome = await answer.run(sink)
-        except asyncio.CancelledError:
-            if responder.shutting_down and not responder.disconnected.is_set():
-                sink.fail("the gateway is shutting down")
-                responder.end_stream()
-            raise
-        except Exception:
-            # A bug of ours mid-answer: still a visible failure for the client, not a silent cut.
-            log.exception("relaying an answer failed")
-            sink.fail("internal error while relaying the answer")
-            responder.end_stream()
+        outcome = await run_stream(answer, sink, responder, lambda code, message: sink.fail(message))
+        if outcome is None:
             return
         body = sink.finish(outcome)
-        note_outcome(responder.log, outcome)
-        if outcome.error is not None:
-            log.info("answer on %s failed mid-stream: %s", answer.account_label, outcome.error.message)
         await self._keep(request, req, body, history, owner)
         sink.flush()  # the terminal event, once the response can be continued from
         responder.end_stream()
@@ -155,8 +133,7 @@ class ResponsesHandler:
         owner: str,
     ) -> None:
         sink = CollectSink(envelope, summary=req.reasoning_summary)
-        outcome = await answer.run(sink)
-        note_outcome(responder.log, outcome)
+        outcome = await run_answer(answer, sink, responder)
         if outcome.error is not None:
             raise upstream_error(outcome.error)
         body = sink.finish(outcome)

@@ -318,3 +318,23 @@ def test_sse_events_helper_is_used(stack: Stack) -> None:
     """A streamed answer still reads as before through the hardened server (sanity)."""
     status, headers, body = http(stack, "POST", CHAT, chat_body("plain", stream=True))
     assert status == 200 and headers["x-request-id"] and sse_events(body)[-1] == "[DONE]"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "model"),
+    [
+        ("/v1/messages", {"model": "claude-sonnet-4-5", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]}, "claude-sonnet-4-5"),
+        ("/v1/responses", {"model": "deepseek-reasoner", "input": "hi"}, "deepseek-reasoner"),
+    ],
+)
+def test_every_dialect_fills_the_access_record(
+    stack: Stack, caplog: pytest.LogCaptureFixture, path: str, body: dict[str, Any], model: str
+) -> None:
+    caplog.set_level(logging.INFO, logger="ds2a.access")
+    rid = "dialect-" + path.rsplit("/", 1)[1]
+    status, headers, _ = http(stack, "POST", path, body, {"X-Request-Id": rid})
+    assert status == 200 and headers["x-request-id"] == rid
+    record = wait_for_record(caplog, rid)
+    assert record["outcome"] == "ok" and record["model"] == model
+    assert record["tokens"] and record["ttft_ms"] is not None
+    assert record["account"] in {a["account"] for a in stack.pool_snapshot()["accounts"]}

@@ -124,6 +124,24 @@ class ResponsesConfig:
 
 
 @dataclass
+class RedisConfig:
+    url: str = ""  # redis://host:6379/0: replicas share one account pool there; "" = in-process pool
+    prefix: str = "ds2a:"  # key prefix, so deployments can share one Redis
+    lease_ttl: float = 15.0  # a dead replica's accounts are free again after this long
+    connect_timeout: float = 2.0  # per connection attempt; Redis unreachable -> 503 at once
+
+
+@dataclass
+class MetricsConfig:
+    public: bool = False  # GET /metrics without a gateway key (e.g. a scraper on a private network)
+
+
+@dataclass
+class LogConfig:
+    format: str = "text"  # text | json (one JSON object per line, with every extra field)
+
+
+@dataclass
 class AccountConfig:
     email: str | None = None
     mobile: str | None = None
@@ -154,6 +172,9 @@ class Config:
     api: ApiConfig = field(default_factory=ApiConfig)
     anthropic: AnthropicConfig = field(default_factory=AnthropicConfig)
     responses: ResponsesConfig = field(default_factory=ResponsesConfig)
+    redis: RedisConfig = field(default_factory=RedisConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     path: Path | None = None  # where it was loaded from; relative paths resolve here
 
     def resolve(self, relative: str) -> Path:
@@ -172,12 +193,16 @@ SECTIONS = {
     "api": ApiConfig,
     "anthropic": AnthropicConfig,
     "responses": ResponsesConfig,
+    "redis": RedisConfig,
+    "metrics": MetricsConfig,
+    "log": LogConfig,
 }
 CHOICES = {
     "api.citations": ("links", "numbers", "remove"),
     "api.prompt_template": ("deepseek", "plain"),
     "api.prompt_tokens": ("estimate", "tokenizer"),
     "server.log_level": ("DEBUG", "INFO", "WARNING", "ERROR"),
+    "log.format": ("text", "json"),
 }
 
 
@@ -315,6 +340,22 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def _validate_redis(cfg: Config) -> None:
+    redis = cfg.redis
+    if not redis.url:
+        return
+    if not redis.url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"redis.url: must start with redis://, rediss:// or unix://, got {redis.url!r}")
+    if not redis.prefix:
+        raise ConfigError("redis.prefix: must not be empty (it keeps deployments apart)")
+    if redis.lease_ttl < 3:
+        raise ConfigError(f"redis.lease_ttl: must be at least 3 s, got {redis.lease_ttl:g}")
+    if redis.connect_timeout <= 0:
+        raise ConfigError("redis.connect_timeout: must be positive")
+    if cfg.pool.max_inflight_per_account != 1:
+        raise ConfigError("pool.max_inflight_per_account: must be 1 with a shared Redis pool (DeepSeek allows one)")
+
+
 def _validate(cfg: Config) -> None:
     cfg.server.log_level = cfg.server.log_level.upper()  # "info" works as "INFO" does
     for dotted, allowed in CHOICES.items():
@@ -354,6 +395,7 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"responses.{name}: must not be negative")
     if not cfg.deepseek.base_url.startswith(("http://", "https://")):
         raise ConfigError(f"deepseek.base_url: must start with http:// or https://, got {cfg.deepseek.base_url!r}")
+    _validate_redis(cfg)
     for i, key in enumerate(cfg.keys):
         if not key.strip():
             raise ConfigError(f"keys[{i}]: empty key")

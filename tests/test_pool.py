@@ -527,3 +527,39 @@ def test_crash_during_writes_leaves_a_valid_file(tmp_path: Path) -> None:
         store = TokenStore(path)
         store.load()
         assert store.get("k") == data["tokens"]["k"]["token"]
+
+
+# --- one generation per upstream account, whatever token reaches it ---------------------------
+
+
+async def test_a_pool_accounts_token_as_bearer_waits_for_that_accounts_lease(tmp_path: Path) -> None:
+    pool, _ = await started_pool(make_config(tmp_path, n=1))
+    account = pool.accounts[0]
+    lease = await pool.acquire()
+    await lease.ticket()  # logs in: the pool now knows the account's token
+    assert account.token is not None
+    mine = asyncio.create_task(pool.acquire(direct_token=account.token))
+    await asyncio.sleep(0.01)
+    assert not mine.done(), "the caller's token is the pool account's: it waits for its lease"
+    lease.release()
+    direct = await mine
+    assert direct.account is account and direct.direct and direct.token == account.token
+    with pytest.raises(PoolError):  # and the pool waits for the direct caller's answer
+        await pool.acquire(timeout=0.05)
+    direct.release()
+    await pool.close()
+
+
+async def test_a_direct_answer_begun_before_the_pool_learnt_the_token_holds_the_account(tmp_path: Path) -> None:
+    pool, _ = await started_pool(make_config(tmp_path, n=1))
+    account = pool.accounts[0]
+    direct = await pool.acquire(direct_token="same-upstream-account")  # unknown to the pool yet
+    pool.set_token(account, "same-upstream-account")  # the pool's login returns that very token
+    waiting = asyncio.create_task(pool.acquire())
+    await asyncio.sleep(0.01)
+    assert not waiting.done(), "the direct caller's answer runs on that account"
+    direct.release()
+    lease = await waiting
+    assert lease.account is account
+    lease.release()
+    await pool.close()

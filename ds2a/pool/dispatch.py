@@ -29,7 +29,8 @@ from ds2a.pool.errors import PoolError
 
 if TYPE_CHECKING:
     from ds2a.pool.account import Account
-    from ds2a.pool.pool import AccountPool, Group, Lease
+    from ds2a.pool.broker import Group, Lease
+    from ds2a.pool.pool import AccountPool
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ class UpstreamStream:
 
     async def start(self, *, prompt: str, thinking: bool, search: bool, model_type: str | None = None) -> None:
         """Open the completion and read until the first text (or end): nothing is sent yet."""
+        began = time.monotonic()
         ticket = await self.lease.ticket()
         self.session_id = ticket.session_id
         self.token = self.lease.token
@@ -76,6 +78,7 @@ class UpstreamStream:
                 model_type=model_type,
             )
         )
+        self.pool.observer.upstream_setup(time.monotonic() - began)
         first: list[Event] = []
         while not self.done:
             events = await self.read_events()
@@ -273,6 +276,7 @@ async def open_stream(
                 # A dead session or a rejected challenge is no reason to avoid the account:
                 # the next attempt brings a new session or a freshly solved challenge.
                 tried.append(lease.account)
+            pool.observer.failover()
         except BaseException:
             stream.close(stop=True)
             raise

@@ -1,6 +1,8 @@
 """Tokens obtained by login, persisted so a restart does not log in again.
 
-The store is its own file (never config.json: the user's settings are not ours
+``TokenStore`` is the interface the pool logs in through; this module's file store
+is the embedded backend (the Redis backend shares tokens between replicas, in
+``ds2a/pool/redis_pool.py``). The file store is its own file (never config.json: the user's settings are not ours
 to rewrite). Writes are atomic: a temporary file in the same folder is written,
 fsynced and renamed over the old one, then the folder is fsynced, so a crash at
 any point leaves either the old or the new file, both valid JSON.
@@ -12,8 +14,10 @@ import asyncio
 import json
 import logging
 import os
+import contextlib
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -22,10 +26,33 @@ FORMAT = 1
 
 
 class TokenStore:
+    """Tokens by account key (``Account.key``), in a file or in memory only.
+
+    ``login_lock`` serialises logins of one account (so it logs in once); ``fetch``
+    reads the current token (a shared store: what another replica stored meanwhile);
+    ``drop`` with a ``token`` forgets it only if it is still that one.
+    """
+
     def __init__(self, path: Path | None) -> None:
         self.path = path  # None: keep tokens in memory only
         self._tokens: dict[str, dict[str, object]] = {}
         self._lock = asyncio.Lock()
+        self._login_locks: dict[str, asyncio.Lock] = {}
+
+    async def start(self) -> None:
+        self.load()
+
+    async def close(self) -> None:
+        pass
+
+    @contextlib.asynccontextmanager
+    async def login_lock(self, key: str) -> AsyncIterator[None]:
+        lock = self._login_locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            yield
+
+    async def fetch(self, key: str) -> str | None:
+        return self.get(key)
 
     def load(self) -> None:
         if self.path is None or not self.path.exists():
@@ -49,9 +76,12 @@ class TokenStore:
         self._tokens[key] = {"token": token, "obtained_at": int(time.time())}
         await self._save()
 
-    async def drop(self, key: str) -> None:
-        if self._tokens.pop(key, None) is not None:
-            await self._save()
+    async def drop(self, key: str, token: str | None = None) -> None:
+        entry = self._tokens.get(key)
+        if entry is None or (token is not None and entry["token"] != token):
+            return  # already replaced by a newer login: keep that one
+        del self._tokens[key]
+        await self._save()
 
     async def _save(self) -> None:
         if self.path is None:

@@ -74,13 +74,13 @@ def setup_logging(level: str) -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
-async def run(config: Config, *, demo: bool) -> int:
+async def run(config: Config, *, demo: bool, config_source: Any = None) -> int:
     from ds2a.app import Gateway
 
     sim = None
     if demo:
         config, sim = await start_demo_upstream(config)
-    gateway = Gateway(config)
+    gateway = Gateway(config, config_source=config_source)
     try:
         host, port = await gateway.start()
     except OSError as exc:
@@ -98,6 +98,8 @@ async def run(config: Config, *, demo: bool) -> int:
     if demo:
         print_demo_banner(config, host, port)
     log.info("ds2a listening on http://%s:%d (%s)", host, port, plural(len(config.accounts), "account"))
+    if not demo:  # SIGHUP: read the config again (the demo's is made up, not read)
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(gateway.reload_logged()))
     await stop.wait()
     log.info("shutting down: running answers get up to %g s to finish", config.server.shutdown_grace)
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -192,11 +194,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.healthcheck:
         return healthcheck(config)
     setup_logging(config.server.log_level)
+    if config.log.format == "json":
+        from ds2a.logfmt import use_json_logs
+
+        use_json_logs()
+    main_coro = run(config, demo=args.demo, config_source=lambda: build_config(args))
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency; Windows lacks it
-        return asyncio.run(run(config, demo=args.demo))
-    return uvloop.run(run(config, demo=args.demo))
+        return asyncio.run(main_coro)
+    return uvloop.run(main_coro)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable
 
 from ds2a.deepseek.errors import DeepSeekError
+from ds2a.metrics import answered
 from ds2a.pool.errors import PoolClosing, PoolError
 from ds2a.relay.answer import AnswerSink, Outcome
 from ds2a.relay.core import Generation, Relay, RelayAnswer
@@ -55,6 +56,7 @@ async def open_answer(
 async def run_answer(answer: RelayAnswer, sink: AnswerSink, responder: Responder) -> Outcome:
     """``answer.run(sink)``, its tokens and outcome noted in the access log."""
     outcome = await answer.run(sink)
+    answered(outcome)  # for /metrics: the reasoning / answer split of the tokens
     responder.log.tokens = outcome.completion_tokens
     if outcome.error is not None:
         responder.log.outcome = UPSTREAM_ERROR

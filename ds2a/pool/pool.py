@@ -62,8 +62,9 @@ class AccountPool:
             from ds2a.pool.redis_pool import RedisBroker, RedisTokenStore, connect
 
             redis = connect(config.redis)
-            self.store = RedisTokenStore(redis, config.redis.prefix)
             self.broker = RedisBroker(self, redis)
+            self.store = RedisTokenStore(redis, config.redis.prefix)
+            self.store.broker = self.broker
         else:
             store_path = config.resolve(self.pcfg.token_store) if self.pcfg.token_store else None
             self.store = TokenStore(store_path)
@@ -99,7 +100,11 @@ class AccountPool:
     async def _adopt(self, account: Account, delay: float = 0.0) -> None:
         if account.token:
             self.broker.register_token(account, account.token)  # a configured token
-        stored = await self.store.fetch(account.key) if account.can_login else None
+        try:
+            stored = await self.store.fetch(account.key) if account.can_login else None
+        except DeepSeekError as exc:  # a shared store out of reach: the account logs in when it can
+            log.warning("could not read the stored token of %s: %s", account.label, exc.message)
+            stored = None
         if stored:
             self.set_token(account, stored)  # a token from an earlier login beats logging in again
         if delay:

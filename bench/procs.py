@@ -266,3 +266,25 @@ def start_gateway(children: Children, pinning: Pinning, config_path: Path, *, po
     child = children.start("gateway", argv)
     pinning.apply(child.pid, "gateway")
     return child
+
+
+def start_redis(children: Children, pinning: Pinning) -> tuple[Child, str]:
+    """``redis-server`` on a free loopback port (no persistence), beside the simulator."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("--redis needs redis-server on PATH (or --redis-url)")
+    port = free_port()
+    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--dir", str(children.workdir), "--notify-keyspace-events", "Ex"]
+    child = children.start("redis", argv)
+    pinning.apply(child.pid, "simulator")
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(16).startswith(b"+PONG"):
+                    return child, f"redis://127.0.0.1:{port}/0"
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError(f"redis-server did not start:\n{child.log_tail()}")

@@ -423,3 +423,32 @@ def chart(path: Path, results: list[ScenarioResult]) -> str | None:
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path.name
+
+
+def redis_side_by_side(results: list[ScenarioResult]) -> list[str]:
+    """``--redis``: each scenario's gateway with the embedded pool beside the Redis-shared one."""
+    by_name = {r.scenario.name: r for r in results}
+    lines = [
+        "## Embedded pool vs Redis-shared pool (gateway runs)",
+        "",
+        "| scenario | TTFT p50 embedded / redis (ms) | added p50 | TTFT p99 embedded / redis (ms) "
+        "| tokens/s embedded / redis | gateway CPU s/1k tokens embedded / redis | parallel violations |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in results:
+        if not r.scenario.redis:
+            continue
+        base = by_name.get(r.scenario.name.removesuffix("+redis"))
+        if base is None:
+            continue
+        e, s = base.gateway.overall, r.gateway.overall
+        added = None if e.ttft.get("p50") is None or s.ttft.get("p50") is None else s.ttft["p50"] - e.ttft["p50"]
+        violations = r.gateway.sim_counters.get("parallel_violations")
+        lines.append(
+            f"| {base.scenario.name} | {_ms(e.ttft.get('p50'))} / {_ms(s.ttft.get('p50'))} | "
+            f"{'-' if added is None else f'{added:+.2f}'} | {_ms(e.ttft.get('p99'))} / {_ms(s.ttft.get('p99'))} | "
+            f"{_num(e.tokens_per_s)} / {_num(s.tokens_per_s)} | "
+            f"{_num(base.gateway.cpu_per_1k_tokens.get('gateway'), 4)} / {_num(r.gateway.cpu_per_1k_tokens.get('gateway'), 4)} | "
+            f"{violations} |"
+        )
+    return lines

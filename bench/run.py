@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from bench import procs, real, report
 from bench.loadgen import new_session
 from bench.procs import Children, Pinning
-from bench.scenarios import FULL, QUICK, REAL_DIFFICULTY, Scenario, select
+from bench.scenarios import FULL, QUICK, REAL_DIFFICULTY, Scenario, select, with_redis
 from bench.suite import Context, ScenarioResult, run_scenario
 
 OUT = procs.ROOT / "bench" / "out"
@@ -46,6 +46,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--gateway-cmd", default="",
                         help="how to start the gateway, e.g. to A/B a patched checkout "
                              "(default: this Python -m ds2a; --config/--host/--port are appended)")
+    parser.add_argument("--redis", action="store_true",
+                        help="run each scenario twice: embedded pool, then shared through a Redis "
+                             "(redis-server started on a free port, or --redis-url)")
+    parser.add_argument("--redis-url", default="", help="an existing Redis for --redis")
     parser.add_argument("--no-chart", action="store_true", help="skip the PNG even when matplotlib is there")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     real.add_arguments(parser)
@@ -63,10 +67,13 @@ async def run_all(scenarios: list[Scenario], children: Children, pinning: Pinnin
                   args: argparse.Namespace) -> list[ScenarioResult]:
     _stop_on_signals()
     sim_child, sim_url = procs.start_simulator(children, pinning, difficulty=REAL_DIFFICULTY)
+    redis_url = args.redis_url
+    if args.redis and not redis_url:
+        _, redis_url = procs.start_redis(children, pinning)
     results: list[ScenarioResult] = []
     async with new_session() as session:
         ctx = Context(children, pinning, sim_child, sim_url, session, out, _names(args.profile), args.profile_mode,
-                      tuple(shlex.split(args.gateway_cmd)) or procs.GATEWAY_COMMAND)
+                      tuple(shlex.split(args.gateway_cmd)) or procs.GATEWAY_COMMAND, redis_url)
         for i, scenario in enumerate(scenarios, 1):
             print(f"[{i}/{len(scenarios)}] {scenario.name}: {scenario.title} ...", flush=True)
             started = time.perf_counter()
@@ -100,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.real or args.real_config:
         return real.main(args, out)
     scenarios = select(args.scenarios, args.quick)
+    if args.redis or args.redis_url:
+        scenarios = with_redis(scenarios)
     pinning = Pinning.choose(args.pin)
     children = Children()
     began = time.perf_counter()
@@ -138,6 +147,12 @@ def write_outputs(args: argparse.Namespace, out: Path, results: list[ScenarioRes
     chart = None if args.no_chart else report.chart(out / "latency.png", results)
     report.write_json(out / "results.json", info, results, verdicts)
     (out / "results.md").write_text(report.markdown(info, results, verdicts, chart))
+    if any(r.scenario.redis for r in results):
+        side_by_side = report.redis_side_by_side(results)
+        with open(out / "results.md", "a") as md:
+            md.write("\n" + "\n".join(side_by_side) + "\n")
+        print()
+        print("\n".join(side_by_side))
     print()
     print(report.console_summary(results, verdicts))
     print()

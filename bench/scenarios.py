@@ -30,6 +30,7 @@ class Scenario:
     warmup: bool = True  # one short unmeasured request per account first (connections open)
     poll: float = 0.25  # seconds between two reads of the simulator's request records
     pinned: bool = True  # False: this scenario runs with every process on every CPU
+    redis: bool = False  # the gateway's pool is the Redis-shared one (`--redis`)
 
     @property
     def tokens_per_answer(self) -> int:
@@ -80,3 +81,11 @@ def select(names: str | None, quick: bool) -> list[Scenario]:
     if unknown:
         raise SystemExit(f"unknown scenario(s) {', '.join(unknown)}; known: {', '.join(known)}")
     return [known[n] for n in wanted]
+
+
+def with_redis(scenarios: list[Scenario]) -> list[Scenario]:
+    """``--redis``: each scenario twice, embedded pool then Redis-shared pool, side by side."""
+    out: list[Scenario] = []
+    for s in scenarios:
+        out += [s, replace(s, name=s.name + "+redis", title=s.title + ", pool shared through Redis", redis=True)]
+    return out

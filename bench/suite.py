@@ -49,6 +49,7 @@ class Context:
     profile: set[str] = field(default_factory=set)
     profile_mode: str = "nonblocking"
     gateway_command: tuple[str, ...] = procs.GATEWAY_COMMAND
+    redis_url: str = ""  # --redis: the Redis the `+redis` scenarios' gateways share their pool through
 
     @property
     def sim(self) -> SimControl:
@@ -137,7 +138,7 @@ async def run_direct(ctx: Context, scenario: Scenario, accounts: list[dict[str, 
 
 
 def gateway_config(ctx: Context, scenario: Scenario, accounts: list[dict[str, str]], port: int) -> dict[str, Any]:
-    return {
+    config = {
         "keys": [KEY],
         "accounts": accounts,
         "server": {"host": "127.0.0.1", "port": port, "access_log": False, "shutdown_grace": 2},
@@ -145,6 +146,10 @@ def gateway_config(ctx: Context, scenario: Scenario, accounts: list[dict[str, st
         "deepseek": {"base_url": ctx.sim_url, "pool_limit": max(256, len(accounts) + 64)},
         "pool": {"token_store": "", "queue_max": max(256, scenario.clients)},
     }
+    if scenario.redis:
+        # A prefix per scenario: each starts from an empty shared pool, as the embedded one does.
+        config["redis"] = {"url": ctx.redis_url, "prefix": f"bench-{scenario.name}-{time.time_ns()}:"}
+    return config
 
 
 async def run_gateway(ctx: Context, scenario: Scenario, accounts: list[dict[str, str]], settings: SimConfig,

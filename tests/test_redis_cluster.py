@@ -14,42 +14,49 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis as redis_sync
 
 from cluster import KEY, Cluster, answer_text, chat
 from ds2a.sim import SimConfig, expected
-from redis_server import RedisServer, own_server_or_skip, unique_prefix
+from redis_server import RedisServer, own_server_or_skip, shared_url_or_skip, unique_prefix
 
 TTL = 3.0  # redis.lease_ttl in these tests (the smallest allowed), so expiries come quickly
 COMPLETION = "/api/v0/chat/completion"
 
 
 @pytest.fixture
+def redis_url() -> Iterator[str]:
+    url, server = shared_url_or_skip()
+    yield url
+    if server is not None:
+        server.close()
+
+
+@pytest.fixture
 def redis_server() -> Iterator[RedisServer]:
+    """A Redis of the test's own, which it may stop and start again."""
     server = own_server_or_skip()
     yield server
     server.close()
 
 
 @pytest.fixture
-def make_cluster(tmp_path: Path, redis_server: RedisServer) -> Iterator[Any]:
+def make_cluster(tmp_path: Path) -> Iterator[Any]:
     clusters: list[Cluster] = []
 
-    def make(**kwargs: Any) -> Cluster:
+    def make(url: str, **kwargs: Any) -> Cluster:
         config = kwargs.pop("config", {})
         config.setdefault("redis", {})["lease_ttl"] = TTL
-        cluster = Cluster(tmp_path, redis_server.url, unique_prefix(), config=config, **kwargs)
+        cluster = Cluster(tmp_path, url, unique_prefix(), config=config, **kwargs)
         clusters.append(cluster)
         return cluster.start()
 
     yield make
     for cluster in clusters:
         cluster.stop()
-
-
-from typing import Any  # noqa: E402  (used in the fixture annotations above)
 
 
 def assert_one_generation_per_account(cluster: Cluster) -> dict[str, Any]:
@@ -91,8 +98,10 @@ async def first_text(replica_url: str, prompt: str) -> tuple[asyncio.StreamReade
     return reader, writer
 
 
-async def test_three_replicas_share_four_accounts_without_two_generations_on_one(make_cluster: Any) -> None:
-    cluster = make_cluster(replicas=3, accounts=4, sim=SimConfig(delay=0.002))
+async def test_three_replicas_share_four_accounts_without_two_generations_on_one(
+    make_cluster: Any, redis_url: str
+) -> None:
+    cluster = make_cluster(redis_url, replicas=3, accounts=4, sim=SimConfig(delay=0.002))
     prompts = [f"spread {i}" for i in range(18)]
     replies = await asyncio.gather(
         *(chat(cluster.replicas[i % 3].base_url, p, stream=i % 4 != 0) for i, p in enumerate(prompts))
@@ -107,8 +116,8 @@ async def test_three_replicas_share_four_accounts_without_two_generations_on_one
     assert len(served) == 4
 
 
-async def test_a_killed_replicas_account_is_free_again_after_the_lease_ttl(make_cluster: Any) -> None:
-    cluster = make_cluster(replicas=2, accounts=1, sim=SimConfig(delay=0.005, answer_tokens=60))
+async def test_a_killed_replicas_account_is_free_again_after_the_lease_ttl(make_cluster: Any, redis_url: str) -> None:
+    cluster = make_cluster(redis_url, replicas=2, accounts=1, sim=SimConfig(delay=0.005, answer_tokens=60))
     a, b = cluster.replicas
     reader, writer = await first_text(a.base_url, "on the replica that dies")
     a.kill()  # SIGKILL: no cleanup, no release; its lease lives on in Redis until the TTL
@@ -122,11 +131,11 @@ async def test_a_killed_replicas_account_is_free_again_after_the_lease_ttl(make_
 
 
 async def test_a_paused_replica_never_releases_a_lease_that_is_no_longer_its_own(
-    make_cluster: Any, redis_server: RedisServer
+    make_cluster: Any, redis_url: str
 ) -> None:
-    cluster = make_cluster(replicas=2, accounts=1, sim=SimConfig(delay=0.005, answer_tokens=40))
+    cluster = make_cluster(redis_url, replicas=2, accounts=1, sim=SimConfig(delay=0.005, answer_tokens=40))
     a, b = cluster.replicas
-    r = redis_sync.Redis.from_url(redis_server.url, decode_responses=True)
+    r = redis_sync.Redis.from_url(redis_url, decode_responses=True)
     lease_key = f"{cluster.prefix}lease:email:user0@example.com"
     id_a, id_b = replica_id(a), replica_id(b)
     reader, writer = await first_text(a.base_url, "paused mid-answer")
@@ -164,7 +173,7 @@ def replica_id(replica: Any) -> str:
 
 
 async def test_redis_stopped_and_started_again_mid_load(make_cluster: Any, redis_server: RedisServer) -> None:
-    cluster = make_cluster(replicas=2, accounts=2, sim=SimConfig(delay=0.01, answer_tokens=80))
+    cluster = make_cluster(redis_server.url, replicas=2, accounts=2, sim=SimConfig(delay=0.01, answer_tokens=80))
     a, b = cluster.replicas
     running = [asyncio.create_task(chat(r.base_url, f"running {i}")) for i, r in enumerate((a, b))]
     await until(lambda: cluster.sim.counters()["active_streams"] == 2, "both answers streaming")
@@ -192,10 +201,10 @@ async def test_redis_stopped_and_started_again_mid_load(make_cluster: Any, redis
     assert_one_generation_per_account(cluster)
 
 
-async def test_one_queue_for_the_cluster_in_arrival_order(make_cluster: Any, redis_server: RedisServer) -> None:
-    cluster = make_cluster(replicas=2, accounts=1, sim=SimConfig(delay=0.002))
+async def test_one_queue_for_the_cluster_in_arrival_order(make_cluster: Any, redis_url: str) -> None:
+    cluster = make_cluster(redis_url, replicas=2, accounts=1, sim=SimConfig(delay=0.002))
     a, b = cluster.replicas
-    r = redis_sync.Redis.from_url(redis_server.url, decode_responses=True)
+    r = redis_sync.Redis.from_url(redis_url, decode_responses=True)
     reader, writer = await first_text(a.base_url, "[[sim:delay=0.05]] holding the only account")
     waiting = []
     for i in range(6):  # alternate replicas; each joins the queue before the next is sent

@@ -173,3 +173,16 @@ async def test_redis_down_at_start_is_a_clear_503_then_serves_once_it_is_up(tmp_
         if not pool.closing:
             await pool.close()
         raise
+
+
+async def test_a_direct_token_is_not_held_up_by_the_pools_queue(replicas: Any) -> None:
+    one, _ = await replicas(n=1)
+    two, _ = await replicas(n=1)
+    held = await one.acquire()
+    queued = asyncio.create_task(two.acquire())  # the pool's queue is not empty now
+    await asyncio.sleep(0.1)
+    direct = await asyncio.wait_for(two.acquire(direct_token="someone-elses-token"), 2)
+    assert direct.direct and not queued.done()
+    direct.release()
+    held.release()
+    (await asyncio.wait_for(queued, 5)).release()

@@ -66,12 +66,12 @@ def test_register_keeps_history_and_acquire_picks_the_account_idle_longest(steps
 def test_fences_are_unique_and_only_the_holder_releases(steps: Steps) -> None:
     steps("register", "a")
     first = steps.acquire("w1")[2]
-    assert steps("release", "a", "1:someone-else", TTL, 0) == 0
+    assert steps("release", "a", "1:someone-else", TTL, 0, "r1") == [0]
     assert steps.r.get(steps.p + "lease:a") == first, "a wrong fence changes nothing"
-    assert steps("release", "a", first, TTL, 0) == 1
+    assert steps("release", "a", first, TTL, 0, "r1") == [1]
     second = steps.acquire("w2")[2]
     assert second != first
-    assert steps("release", "a", first, TTL, 0) == 0, "a stale fence never releases a newer lease"
+    assert steps("release", "a", first, TTL, 0, "r1") == [0], "a stale fence never releases a newer lease"
     assert steps.r.get(steps.p + "lease:a") == second
 
 
@@ -84,7 +84,7 @@ def test_release_hands_the_account_to_the_oldest_waiter_that_can_use_it(steps: S
     sub = steps.r.pubsub()
     sub.subscribe(steps.p + "grants:r2")
     sub.get_message(timeout=1)
-    assert steps("release", "a", fa, TTL, 0) == 1
+    assert steps("release", "a", fa, TTL, 0, "r1") == [1]
     # The first waiter excludes `a`: the second one gets it, by mailbox and pub/sub.
     granted = steps.r.get(steps.p + "grant:w-any")
     assert granted and granted.startswith("a ")
@@ -104,7 +104,7 @@ def test_a_full_queue_is_refused_and_expired_or_orphaned_waiters_are_dropped(ste
     assert steps.acquire("w3", qmax=2, timeout_ms=1)[0] == "full"
     time.sleep(0.01)
     steps.r.set(steps.p + "replica:r1", "1")
-    assert steps("release", "a", fence, TTL, 0) == 1
+    assert steps("release", "a", fence, TTL, 0, "r9") == [1]
     assert steps.r.get(steps.p + "grant:w1"), "the live waiter got it"
     assert steps.r.zcard(steps.p + "queue") == 0, "the dead replica's waiter was dropped, not served"
 
@@ -116,7 +116,7 @@ def test_cancel_leaves_the_queue_and_gives_back_a_lease_handed_over_meanwhile(st
     assert steps("cancel", "w1", TTL, 0) == 0
     assert steps.r.zcard(steps.p + "queue") == 0
     steps.acquire("w2")
-    steps("release", "a", fence, TTL, 0)  # handed to w2...
+    steps("release", "a", fence, TTL, 0, "r9")  # handed to w2 (of another replica)...
     assert steps.r.exists(steps.p + "grant:w2")
     assert steps("cancel", "w2", TTL, 0) == 1  # ...which left before taking it: it goes back
     assert not steps.r.exists(steps.p + "lease:a")
@@ -156,14 +156,17 @@ def test_health_rests_an_account_for_every_replica_and_read_health_reports_it(st
 def test_min_gap_and_pinned_slots(steps: Steps) -> None:
     steps("register", "a")
     fence = steps.acquire("w1", gap=60_000)[2]
-    steps("release", "a", fence, TTL, 60_000)
+    steps("release", "a", fence, TTL, 60_000, "r1")
     assert steps.acquire("w2", gap=60_000, timeout_ms=10)[0] == "queued", "too soon after the last start"
     steps("cancel", "w2", TTL, 0)
     # A token the pool knows goes to its account; an unknown one to its own slot.
     steps.r.hset(steps.p + "owners", "d1", "a")
     assert steps.acquire("w3", digest="d1")[:2] == ["granted", "a"]
     assert steps.acquire("w4", digest="d1")[0:3] == ["queued", 1, 1]
+    # A direct token has a queue of its own: pool waiters ahead never hold it up.
     assert steps.acquire("w5", digest="d2")[:2] == ["granted", "direct:d2"]
+    assert steps.acquire("w6", digest="d2")[:4] == ["queued", 1, 0, "direct:d2"]
+    assert steps.r.zrange(steps.p + "dq:direct:d2", 0, -1) == ["w6"]
 
 
 def test_tokens_drop_only_the_dead_one_and_the_login_lock_only_by_its_holder(steps: Steps) -> None:
@@ -182,10 +185,20 @@ def test_tokens_drop_only_the_dead_one_and_the_login_lock_only_by_its_holder(ste
 def test_dispatch_reports_when_the_next_resting_account_recovers(steps: Steps) -> None:
     steps("register", "a")
     steps("health", "a", "cooling", 30, "rate limited", "", TTL, 0)
-    left = steps("dispatch", TTL, 0)
+    left = steps("dispatch", TTL, 0, "r1", "")[0]
     assert 25_000 < left <= 30_000
     steps("health", "a", "ready", 0, "", "", TTL, 0)
-    assert steps("dispatch", TTL, 0) == -1
+    assert steps("dispatch", TTL, 0, "r1", "") == [-1]
+
+
+def test_a_waiter_of_the_releasing_replica_gets_its_grant_in_the_reply(steps: Steps) -> None:
+    steps("register", "a")
+    fence = steps.acquire("h", replica="r1")[2]
+    steps.acquire("mine", replica="r1")
+    reply = steps("release", "a", fence, TTL, 0, "r1")
+    assert reply[:3] == [1, "mine", "a"] and reply[3].endswith(":r1")
+    assert not steps.r.exists(steps.p + "grant:mine"), "no mailbox: the reply carries it"
+    assert steps.r.get(steps.p + "lease:a") == reply[3]
 
 
 _ = RedisServer  # the module-scoped fixture may start one

@@ -96,6 +96,7 @@ class RedisBroker(LeaseBroker):
         self.wake_timer: asyncio.TimerHandle | None = None
         self.reconnected = asyncio.Event()
         self._seq = 0
+        self.direct_queues: dict[str, str] = {}  # waiter -> the direct token's slot it waits in
         self.token_events: dict[str, asyncio.Event] = {}
 
     # --- life cycle -------------------------------------------------------------
@@ -121,7 +122,7 @@ class RedisBroker(LeaseBroker):
         if self.pending_releases:
             pending, self.pending_releases = self.pending_releases, []
             for slot, fence in pending:
-                await self.scripts("release", self.prefix, slot, fence, self.ttl_ms, self._gap_ms())
+                await self._release(slot, fence)
         for account in self.pool.accounts:
             if account.token:
                 await self.redis.hset(self.prefix + "owners", token_digest(account.token), account.key)
@@ -145,7 +146,7 @@ class RedisBroker(LeaseBroker):
         if self.pending_releases and self.up:
             with contextlib.suppress(*REDIS_ERRORS):
                 for slot, fence in self.pending_releases:
-                    await self.scripts("release", self.prefix, slot, fence, self.ttl_ms, self._gap_ms())
+                    await self.scripts("release", self.prefix, slot, fence, self.ttl_ms, self._gap_ms(), "")
         with contextlib.suppress(*REDIS_ERRORS):
             await self.redis.delete(self.prefix + "replica:" + self.replica)
         await self.redis.aclose()
@@ -220,7 +221,8 @@ class RedisBroker(LeaseBroker):
             if event is not None:
                 event.set()
         elif data.startswith(p + "lease:"):
-            self._dispatch_soon(0.0)  # a lease ran out (its replica died): hand the account on
+            # A lease ran out (its replica died): hand the account on.
+            self._spawn(self._dispatch(data[len(p + "lease:") :]))
 
     async def _renew_forever(self) -> None:
         """Renew this replica's leases and heartbeat every third of the TTL."""
@@ -303,9 +305,13 @@ class RedisBroker(LeaseBroker):
             return self._lease(reply[1], reply[2], direct_token, pinned=int(reply[3]) == 1)
         if kind == "full":
             self.waiting.pop(wid, None)
+            self._deliver(reply[2:])
             group = self.group if not direct_token else self.direct_group(token_digest(direct_token), direct_token)
             raise self.too_busy(group, "all DeepSeek accounts are busy and the queue is full", int(reply[1]))
         pinned = int(reply[2]) == 1
+        if reply[3].startswith("direct:"):
+            self.direct_queues[wid] = reply[3]  # timers wake that token's own queue too
+        self._deliver(reply[5:])  # our own waiter may be among them (served in this very step)
         if int(reply[4]) >= 0:
             self._dispatch_soon(int(reply[4]) / 1000 + 0.005)  # a resting account recovers then
         self._arm_safety()
@@ -320,6 +326,7 @@ class RedisBroker(LeaseBroker):
             raise
         finally:
             self.waiting.pop(wid, None)
+            self.direct_queues.pop(wid, None)
         self.pool.observer.queue_waited(time.monotonic() - now)
         return self._lease(slot, fence, direct_token, pinned=pinned)
 
@@ -386,10 +393,24 @@ class RedisBroker(LeaseBroker):
 
     async def _release(self, slot: str, fence: str) -> None:
         try:
-            await self.scripts("release", self.prefix, slot, fence, self.ttl_ms, self._gap_ms())
+            reply = await self.scripts("release", self.prefix, slot, fence, self.ttl_ms, self._gap_ms(), self.replica)
         except REDIS_ERRORS as exc:
             self.pending_releases.append((slot, fence))
             self._lost(exc)
+            return
+        self._deliver(reply[1:])
+
+    def _deliver(self, grants: list[Any]) -> None:
+        """Leases a step handed to this replica's waiters, in its reply: no mailbox, no message."""
+        for i in range(0, len(grants) - 2, 3):
+            self._hand(grants[i], grants[i + 1], grants[i + 2])
+
+    def _hand(self, wid: str, slot: str, fence: str) -> None:
+        entry = self.waiting.get(wid)
+        if entry is None or entry[0].done():
+            self._send_release(slot, fence)  # the waiter left meanwhile: give it straight back
+            return
+        entry[0].set_result((slot, fence))
 
     async def _claim(self, wid: str) -> None:
         """A grant for one of our waiters was published: take it from its mailbox."""
@@ -401,11 +422,7 @@ class RedisBroker(LeaseBroker):
         if not granted:
             return  # taken already (by a reconnect's sweep)
         slot, fence = granted.split(" ", 1)
-        entry = self.waiting.get(wid)
-        if entry is None or entry[0].done():
-            self._send_release(slot, fence)  # the waiter left meanwhile: give it straight back
-            return
-        entry[0].set_result((slot, fence))
+        self._hand(wid, slot, fence)
 
     async def _claim_missed_grants(self) -> None:
         """After a reconnect: grants published while the subscription was down."""
@@ -430,13 +447,18 @@ class RedisBroker(LeaseBroker):
         self.wake_timer = None
         if self.up and not self.closing:
             self._spawn(self._dispatch())
+            for slot in set(self.direct_queues.values()):
+                self._spawn(self._dispatch(slot))
 
-    async def _dispatch(self) -> None:
+    async def _dispatch(self, slot: str = "") -> None:
+        """Run the queue of ``slot`` ('' or a pool account: the pool's queue)."""
         try:
-            rest = await self.scripts("dispatch", self.prefix, self.ttl_ms, self._gap_ms())
+            reply = await self.scripts("dispatch", self.prefix, self.ttl_ms, self._gap_ms(), self.replica, slot)
         except REDIS_ERRORS as exc:
             self._lost(exc)
             return
+        rest = reply[0]
+        self._deliver(reply[1:])
         if self.waiting:
             if int(rest) >= 0:
                 self._dispatch_soon(int(rest) / 1000 + 0.005)

@@ -14,9 +14,9 @@ State, under the prefix P:
 - ``P rest`` (zset): accounts resting until a time (ms; ``inf``: disabled);
   ``P health:<slot>`` (hash): state, reason, mute_until, for every replica's view;
 - ``P started`` (hash): when each account last started a generation (``pool.min_gap``);
-- ``P queue`` (zset): waiting requests in arrival order; ``P waiter:<id>`` (hash): a
-  waiter's replica, the one slot it needs (``only``) or the slots it excludes, its
-  deadline; ``P grant:<id>``: a lease handed to a waiter, until its replica takes it;
+- ``P queue`` (zset): waiting requests in arrival order (``P dq:<slot>``: a direct
+  token's own queue); ``P waiter:<id>`` (hash): a waiter's replica, the one slot it
+  needs (``only``) or the slots it excludes, its deadline, its queue; ``P grant:<id>``: a lease handed to a waiter, until its replica takes it;
 - ``P replica:<id>``: a replica's heartbeat (a dead replica's waiters are skipped);
 - ``P owners`` (hash): token digest -> the pool account that token belongs to;
 - ``P tokens`` (hash): account key -> token; ``P login:<key>``: the login lock;
@@ -72,22 +72,26 @@ local function grant(slot, replica, now, ttl)
   return fence
 end
 
--- Hand free accounts to waiters, oldest first; returns the grant of `self` if it got one.
-local function dispatch(now, ttl, gap, self)
-  local mine = nil
-  for _, w in ipairs(redis.call('ZRANGE', P .. 'queue', 0, -1)) do
+-- Hand free accounts to waiters, oldest first. A waiter of `caller` (the replica running
+-- this step) gets its grant in the reply instead of a mailbox and a message: returns
+-- {waiter, slot, fence, ...} for those.
+local function dispatch(now, ttl, gap, caller, queue)
+  local mine = {}
+  for _, w in ipairs(redis.call('ZRANGE', queue, 0, -1)) do
     local rec = redis.call('HMGET', P .. 'waiter:' .. w, 'replica', 'only', 'exclude', 'deadline')
     if not rec[1] or tonumber(rec[4]) < now or redis.call('EXISTS', P .. 'replica:' .. rec[1]) == 0 then
-      redis.call('ZREM', P .. 'queue', w)  -- gone: its wait expired or its replica died
+      redis.call('ZREM', queue, w)  -- gone: its wait expired or its replica died
       redis.call('DEL', P .. 'waiter:' .. w)
     else
       local slot = pick(rec[2], split(rec[3]), now, gap)
       if slot then
         local fence = grant(slot, rec[1], now, ttl)
-        redis.call('ZREM', P .. 'queue', w)
+        redis.call('ZREM', queue, w)
         redis.call('DEL', P .. 'waiter:' .. w)
-        if w == self then
-          mine = {slot, fence}
+        if rec[1] == caller then
+          mine[#mine + 1] = w
+          mine[#mine + 1] = slot
+          mine[#mine + 1] = fence
         else
           redis.call('SET', P .. 'grant:' .. w, slot .. ' ' .. fence, 'PX', ttl)
           redis.call('PUBLISH', P .. 'grants:' .. rec[1], w)
@@ -100,6 +104,12 @@ local function dispatch(now, ttl, gap, self)
   return mine
 end
 
+-- The pool's queue, or a direct token's own (its slot is no pool account: nobody else waits for it).
+local function queue_of(slot)
+  if string.sub(slot, 1, 7) == 'direct:' then return P .. 'dq:' .. slot end
+  return P .. 'queue'
+end
+
 local function soonest_rest(now)
   local r = redis.call('ZRANGEBYSCORE', P .. 'rest', '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
   if r[2] and r[2] ~= 'inf' then return math.floor(tonumber(r[2]) - now) end
@@ -109,7 +119,8 @@ end
 
 # ARGV: prefix, waiter id, replica, token digest ('' = the pool), exclude (space-separated
 # slots), ttl ms, queue_max, timeout ms, min_gap ms.
-# -> {'granted', slot, fence, pinned} | {'queued', depth, pinned, only, next_rest_ms} | {'full', depth}
+# -> {'granted', slot, fence, pinned} | {'queued', depth, pinned, only, next_rest_ms, grants...} | {'full', depth}
+# (grants: {waiter, slot, fence} triples for other waiters of this replica served meanwhile)
 ACQUIRE = COMMON + r"""
 local wid, replica, digest, exclude = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local ttl, qmax, timeout, gap = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
@@ -124,46 +135,60 @@ if digest ~= '' then
   end
 end
 redis.call('SET', P .. 'replica:' .. replica, '1', 'PX', ttl)
-local depth = redis.call('ZCARD', P .. 'queue')
+local queue = queue_of(only)
+local depth = redis.call('ZCARD', queue)
 if depth == 0 then
   local slot = pick(only, split(exclude), now, gap)
   if slot then return {'granted', slot, grant(slot, replica, now, ttl), pinned} end
 end
+local served = {}
 if depth >= qmax then
-  dispatch(now, ttl, gap, '')
-  depth = redis.call('ZCARD', P .. 'queue')
-  if depth >= qmax then return {'full', depth} end
+  served = dispatch(now, ttl, gap, replica, queue)
+  depth = redis.call('ZCARD', queue)
+  if depth >= qmax then
+    local out = {'full', depth}
+    for _, v in ipairs(served) do out[#out + 1] = v end
+    return out
+  end
 end
-redis.call('ZADD', P .. 'queue', redis.call('INCR', P .. 'seq'), wid)
+redis.call('ZADD', queue, redis.call('INCR', P .. 'seq'), wid)
 redis.call('HSET', P .. 'waiter:' .. wid, 'replica', replica, 'only', only, 'exclude', exclude,
-           'deadline', now + timeout)
+           'deadline', now + timeout, 'queue', queue)
 redis.call('PEXPIRE', P .. 'waiter:' .. wid, timeout + ttl)
-local mine = dispatch(now, ttl, gap, wid)
-if mine then return {'granted', mine[1], mine[2], pinned} end
-return {'queued', redis.call('ZCARD', P .. 'queue'), pinned, only, soonest_rest(now)}
+for _, v in ipairs(dispatch(now, ttl, gap, replica, queue)) do served[#served + 1] = v end
+local out = {'queued', redis.call('ZCARD', queue), pinned, only, soonest_rest(now)}
+for _, v in ipairs(served) do out[#out + 1] = v end
+return out
 """
 
-# ARGV: prefix, slot, fence, ttl ms, min_gap ms -> 1 released | 0 not this fence's (left alone)
+# ARGV: prefix, slot, fence, ttl ms, min_gap ms, replica
+# -> {1, grants...} released | {0} not this fence's (left alone); grants as in ACQUIRE
 RELEASE = COMMON + r"""
-local slot, fence, ttl, gap = ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
+local slot, fence, ttl, gap, replica = ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
 local now = now_ms()
-if redis.call('GET', P .. 'lease:' .. slot) ~= fence then return 0 end
+if redis.call('GET', P .. 'lease:' .. slot) ~= fence then return {0} end
 redis.call('DEL', P .. 'lease:' .. slot)
 redis.call('ZADD', P .. 'order', 'XX', now, slot)
-dispatch(now, ttl, gap, '')
-return 1
+local out = {1}
+for _, v in ipairs(dispatch(now, ttl, gap, replica, queue_of(slot))) do out[#out + 1] = v end
+return out
 """
 
-# ARGV: prefix, ttl ms, min_gap ms -> ms until the next resting account recovers (-1: none)
+# ARGV: prefix, ttl ms, min_gap ms, replica, slot ('' = the pool's queue; else that slot's queue)
+# -> {ms until the next resting account recovers (-1: none), grants...}
 DISPATCH = COMMON + r"""
 local now = now_ms()
-dispatch(now, tonumber(ARGV[2]), tonumber(ARGV[3]), '')
-return soonest_rest(now)
+local served = dispatch(now, tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], queue_of(ARGV[5] or ''))
+local out = {soonest_rest(now)}
+for _, v in ipairs(served) do out[#out + 1] = v end
+return out
 """
 
 # ARGV: prefix, waiter id, ttl ms, min_gap ms -> 1 (a lease handed over meanwhile went back) | 0
 CANCEL = COMMON + r"""
 local wid, ttl, gap = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local queue = redis.call('HGET', P .. 'waiter:' .. wid, 'queue')
+if queue then redis.call('ZREM', queue, wid) end
 redis.call('ZREM', P .. 'queue', wid)
 redis.call('DEL', P .. 'waiter:' .. wid)
 local granted = redis.call('GET', P .. 'grant:' .. wid)
@@ -174,7 +199,7 @@ local now = now_ms()
 if redis.call('GET', P .. 'lease:' .. slot) == fence then
   redis.call('DEL', P .. 'lease:' .. slot)
   redis.call('ZADD', P .. 'order', 'XX', now, slot)
-  dispatch(now, ttl, gap, '')
+  dispatch(now, ttl, gap, '', queue_of(slot))
 end
 return 1
 """
@@ -216,7 +241,7 @@ else
 end
 redis.call('HSET', P .. 'health:' .. slot, 'state', state, 'reason', reason, 'mute_until', mute)
 redis.call('PUBLISH', P .. 'health', slot)
-if state == 'ready' then dispatch(now, tonumber(ARGV[7]), tonumber(ARGV[8]), '') end
+if state == 'ready' then dispatch(now, tonumber(ARGV[7]), tonumber(ARGV[8]), '', P .. 'queue') end  -- by mailbox
 return 1
 """
 

@@ -62,8 +62,8 @@ class TicketCache:
         if account.refresh_timer:
             account.refresh_timer.cancel()
             account.refresh_timer = None
-        if account.preparing:
-            account.preparing.cancel()
+        # A preparation under way is left to finish: it deletes its own session (it may
+        # have created one already, which a cancellation would leak).
         sessions = [account.ticket.session_id] if account.ticket else []
         spare = self.spare_sessions.pop(account, None)
         if spare:
@@ -106,6 +106,10 @@ class TicketCache:
             raise
         finally:
             account.preparing = None
+        if self.pool.is_leaving(account):
+            if account.token and self.pool.config.deepseek.delete_sessions:
+                self.pool.spawn(self.delete_quietly(account.token, ticket.session_id))
+            return ticket
         if not ticket.usable(time.monotonic()):
             # The challenge is due as it arrives (it lives shorter than refresh_margin, or the
             # clocks disagree): keeping one ready would fetch and solve challenges in a loop.

@@ -186,3 +186,24 @@ async def test_a_direct_token_is_not_held_up_by_the_pools_queue(replicas: Any) -
     direct.release()
     held.release()
     (await asyncio.wait_for(queued, 5)).release()
+
+
+@pytest.mark.parametrize(
+    "redis, pool, message",
+    [
+        ({"url": "http://localhost:6379"}, {}, "redis.url"),
+        ({"url": "redis://x", "prefix": ""}, {}, "redis.prefix"),
+        ({"url": "redis://x", "lease_ttl": 1}, {}, "redis.lease_ttl"),
+        ({"url": "redis://x"}, {"max_inflight_per_account": 2}, "pool.max_inflight_per_account"),
+    ],
+)
+def test_a_bad_redis_section_stops_start_up_naming_the_field(
+    redis: dict[str, Any], pool: dict[str, Any], message: str
+) -> None:
+    from ds2a.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError) as info:
+        load_config(None, env={}, overrides={"redis": redis, "pool": pool})
+    assert message in str(info.value)
+    shared = load_config(None, env={"DS2A_REDIS_URL": "redis://redis:6379/0"})
+    assert shared.redis.url == "redis://redis:6379/0" and shared.redis.prefix == "ds2a:"

@@ -96,6 +96,8 @@ class RedisBroker(LeaseBroker):
         self.wake_timer: asyncio.TimerHandle | None = None
         self.reconnected = asyncio.Event()
         self._seq = 0
+        self.recovering: asyncio.Task[None] | None = None
+        self.abandoned: list[str] = []  # waiters failed while Redis was away: leave the queue on return
         self.direct_queues: dict[str, str] = {}  # waiter -> the direct token's slot it waits in
         self.token_events: dict[str, asyncio.Event] = {}
 
@@ -123,6 +125,9 @@ class RedisBroker(LeaseBroker):
             pending, self.pending_releases = self.pending_releases, []
             for slot, fence in pending:
                 await self._release(slot, fence)
+        while self.abandoned:
+            await self.scripts("cancel", self.prefix, self.abandoned[-1], self.ttl_ms, self._gap_ms())
+            self.abandoned.pop()
         for account in self.pool.accounts:
             if account.token:
                 await self.redis.hset(self.prefix + "owners", token_digest(account.token), account.key)
@@ -140,6 +145,8 @@ class RedisBroker(LeaseBroker):
     async def stop(self) -> None:
         if self.wake_timer:
             self.wake_timer.cancel()
+        if self.recovering is not None:
+            self.tasks.append(self.recovering)
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
@@ -179,6 +186,20 @@ class RedisBroker(LeaseBroker):
         for wid, (future, _) in list(self.waiting.items()):
             if not future.done():
                 future.set_exception(self.redis_down())
+                self.abandoned.append(wid)
+        if not self.closing and (self.recovering is None or self.recovering.done()):
+            self.recovering = asyncio.get_running_loop().create_task(self._recover())
+
+    async def _recover(self) -> None:
+        """Reconnect with backoff until Redis answers again (the listener may still be connected)."""
+        backoff = BACKOFF_FIRST
+        while not self.up and not self.closing:
+            await asyncio.sleep(backoff)
+            backoff = min(BACKOFF_MAX, backoff * 2)
+            try:
+                await self._on_connected()
+            except REDIS_ERRORS as exc:
+                log.debug("Redis at %s still unreachable: %s", self.where, exc)
 
     async def _listen(self) -> None:
         """Grants, health and token news from other replicas; reconnects with backoff."""
@@ -338,7 +359,9 @@ class RedisBroker(LeaseBroker):
             self._send_release(slot, fence)
             return
         if not self.up:
-            return  # the waiter's record expires by itself at its deadline
+            if wid not in self.abandoned:
+                self.abandoned.append(wid)  # leaves the queue once Redis is back
+            return
         try:
             await asyncio.shield(self.scripts("cancel", self.prefix, wid, self.ttl_ms, self._gap_ms()))
         except REDIS_ERRORS as exc:

@@ -177,3 +177,18 @@ def test_sighup_reloads_a_running_process(tmp_path: Path) -> None:
     finally:
         replica.stop()
         sim.stop()
+
+
+def test_model_tables_change_for_every_dialect(make_stack: Callable[..., Stack], tmp_path: Path) -> None:
+    stack = make_stack(accounts=1)
+    path = tmp_path / "config.json"
+    reloading_from(stack, path)
+    models = [{"id": "house-model", "thinking": False, "search": False}]
+    write(path, stack, api={"models": models}, anthropic={"models": {"claude-house": "house-model"}})
+    assert reload(stack)[0] == 200
+    status, _, body = http(stack, "GET", "/v1/models")
+    assert status == 200 and [m["id"] for m in json.loads(body)["data"]] == ["house-model"]
+    assert http(stack, "POST", "/v1/chat/completions", chat("hi", model="house-model"))[0] == 200
+    assert http(stack, "POST", "/v1/chat/completions", chat("hi", model="deepseek-chat"))[0] == 404
+    claude = {"model": "claude-house", "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]}
+    assert http(stack, "POST", "/v1/messages", claude)[0] == 200

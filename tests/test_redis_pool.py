@@ -207,3 +207,18 @@ def test_a_bad_redis_section_stops_start_up_naming_the_field(
     assert message in str(info.value)
     shared = load_config(None, env={"DS2A_REDIS_URL": "redis://redis:6379/0"})
     assert shared.redis.url == "redis://redis:6379/0" and shared.redis.prefix == "ds2a:"
+
+
+async def test_a_direct_answer_begun_before_the_pool_learnt_the_token_holds_the_account(replicas: Any) -> None:
+    one, _ = await replicas(n=1)
+    two, _ = await replicas(n=1)
+    direct = await one.acquire(direct_token="same-upstream-account")  # unknown to the pool yet
+    two.set_token(two.accounts[0], "same-upstream-account")  # replica two's login returns it
+    await asyncio.sleep(0.1)  # shared in the background
+    waiting = asyncio.create_task(two.acquire())
+    await asyncio.sleep(0.1)
+    assert not waiting.done(), "the direct caller's answer runs on that account"
+    direct.release()
+    lease = await asyncio.wait_for(waiting, 5)
+    assert lease.account.key == two.accounts[0].key
+    lease.release()

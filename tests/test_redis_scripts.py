@@ -202,3 +202,13 @@ def test_a_waiter_of_the_releasing_replica_gets_its_grant_in_the_reply(steps: St
 
 
 _ = RedisServer  # the module-scoped fixture may start one
+
+
+def test_a_direct_lease_on_a_token_later_known_as_the_accounts_holds_the_account(steps: Steps) -> None:
+    steps("register", "a")
+    direct = steps.acquire("d", digest="dig")  # a caller's token, not known to the pool yet
+    assert direct[:2] == ["granted", "direct:dig"]
+    assert steps("own", "a", "dig") == 1  # the pool's login returns that very token
+    assert steps.acquire("w1")[0] == "queued", "the account is generating for the direct caller"
+    reply = steps("release", "direct:dig", direct[2], TTL, 0, "r1")
+    assert reply[:3] == [1, "w1", "a"], "its release hands the account to the pool's waiter"

@@ -130,7 +130,7 @@ class RedisBroker(LeaseBroker):
             self.abandoned.pop()
         for account in self.pool.accounts:
             if account.token:
-                await self.redis.hset(self.prefix + "owners", token_digest(account.token), account.key)
+                await self.scripts("own", self.prefix, account.key, token_digest(account.token))
         if not self.up:
             log.info("Redis at %s is reachable: the shared pool serves again", self.where)
         self.up = True
@@ -524,7 +524,7 @@ class RedisBroker(LeaseBroker):
 
     async def _share_owner(self, digest: str, key: str) -> None:
         try:
-            await self.redis.hset(self.prefix + "owners", digest, key)
+            await self.scripts("own", self.prefix, key, digest)
         except REDIS_ERRORS as exc:
             self._lost(exc)
 

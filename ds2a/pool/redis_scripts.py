@@ -19,6 +19,7 @@ State, under the prefix P:
   needs (``only``) or the slots it excludes, its deadline, its queue; ``P grant:<id>``: a lease handed to a waiter, until its replica takes it;
 - ``P replica:<id>``: a replica's heartbeat (a dead replica's waiters are skipped);
 - ``P owners`` (hash): token digest -> the pool account that token belongs to;
+  ``P digests:<slot>`` (set): the other way round;
 - ``P tokens`` (hash): account key -> token; ``P login:<key>``: the login lock;
 - channels ``P grants:<replica>`` (a waiter of that replica got a lease),
   ``P health`` (an account's health changed), ``P tokens`` (a login finished).
@@ -44,6 +45,10 @@ end
 
 local function free(slot, now, gap)
   if redis.call('EXISTS', P .. 'lease:' .. slot) == 1 then return false end
+  -- A caller's own token of this account, leased before the pool knew whose it was.
+  for _, digest in ipairs(redis.call('SMEMBERS', P .. 'digests:' .. slot)) do
+    if redis.call('EXISTS', P .. 'lease:direct:' .. digest) == 1 then return false end
+  end
   local rest = redis.call('ZSCORE', P .. 'rest', slot)
   if rest and (rest == 'inf' or tonumber(rest) > now) then return false end
   if gap > 0 then
@@ -171,6 +176,10 @@ redis.call('DEL', P .. 'lease:' .. slot)
 redis.call('ZADD', P .. 'order', 'XX', now, slot)
 local out = {1}
 for _, v in ipairs(dispatch(now, ttl, gap, replica, queue_of(slot))) do out[#out + 1] = v end
+if string.sub(slot, 1, 7) == 'direct:' and redis.call('HEXISTS', P .. 'owners', string.sub(slot, 8)) == 1 then
+  -- That token turned out to be a pool account's: the pool's waiters may have it now.
+  for _, v in ipairs(dispatch(now, ttl, gap, replica, P .. 'queue')) do out[#out + 1] = v end
+end
 return out
 """
 
@@ -284,11 +293,20 @@ redis.call('HDEL', P .. 'tokens', ARGV[2])
 return 1
 """
 
+# ARGV: prefix, account key, token digest -> 1 (the token belongs to that pool account)
+OWN = r"""
+local P = ARGV[1]
+redis.call('HSET', P .. 'owners', ARGV[3], ARGV[2])
+redis.call('SADD', P .. 'digests:' .. ARGV[2], ARGV[3])
+return 1
+"""
+
 # ARGV: prefix, account key, token, token digest
 PUT_TOKEN = r"""
 local P = ARGV[1]
 redis.call('HSET', P .. 'tokens', ARGV[2], ARGV[3])
 redis.call('HSET', P .. 'owners', ARGV[4], ARGV[2])
+redis.call('SADD', P .. 'digests:' .. ARGV[2], ARGV[4])
 redis.call('PUBLISH', P .. 'tokens', ARGV[2])
 return 1
 """
@@ -314,5 +332,6 @@ SCRIPTS = {
     "unregister": UNREGISTER,
     "drop_token": DROP_TOKEN,
     "put_token": PUT_TOKEN,
+    "own": OWN,
     "unlock": UNLOCK,
 }

@@ -222,3 +222,20 @@ async def test_a_direct_answer_begun_before_the_pool_learnt_the_token_holds_the_
     lease = await asyncio.wait_for(waiting, 5)
     assert lease.account.key == two.accounts[0].key
     lease.release()
+
+
+async def test_an_account_removed_by_a_reload_leaves_the_shared_pool(replicas: Any) -> None:
+    one, _ = await replicas(n=2)
+    two, _ = await replicas(n=2)
+    held = await one.acquire()
+    kept = [c for c in one.config.accounts if f"email:{c.email}" != held.account.key]
+    added, removed = await one.update_accounts(kept)  # the account in use is removed
+    assert added == [] and removed == [held.account.label]
+    other = await two.acquire()  # the kept account
+    with pytest.raises(PoolError):
+        await two.acquire(timeout=0.3)  # the removed one is no longer handed out anywhere...
+    held.release()  # ...not even once its running answer has ended
+    with pytest.raises(PoolError):
+        await two.acquire(timeout=0.3)
+    other.release()
+    assert held.account not in one.accounts and not one.leaving

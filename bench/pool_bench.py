@@ -25,12 +25,17 @@ from ds2a.pool import AccountPool
 ACCOUNTS = [{"token": f"bench-token-{i}"} for i in range(4)]
 
 
+class _NoClient:
+    upstream_gate = None
+
+
 async def lease_times(url: str, n: int) -> tuple[float, float]:
     """Median and p99 milliseconds of ``acquire`` (the release runs between two, as after an answer)."""
     settings = {"pool": {"prepare": False, "token_store": ""}, "accounts": ACCOUNTS}
     if url:
         settings["redis"] = {"url": url, "prefix": f"pool-bench-{uuid.uuid4().hex[:8]}:"}
-    pool = AccountPool(load_config(None, env={}, overrides=settings), None)  # type: ignore[arg-type]
+    # No upstream: tokens are configured and nothing is prepared, so no call is made.
+    pool = AccountPool(load_config(None, env={}, overrides=settings), _NoClient())  # type: ignore[arg-type]
     await pool.start()
     times = []
     try:

@@ -6,28 +6,22 @@ an answer's tokens itself and calls ``observe_answer`` once at its end; label
 children are bound once (per label value) and reused. Gauges (accounts per state,
 generations in flight, queue depth) are read from the pool at scrape time.
 
-What a dialect handler does (three lines; ``ds2a/api/chat.py`` is the example)::
-
-    with metrics.answer("chat_completions", responder) as meter:
-        ...                                   # auth, parse: an HTTPError counts its status
-        answer = await relay.open(generation)
-        meter.first_text()                    # the first text is in hand: time to first token
-        meter.ended(await answer.run(sink))   # the Outcome: tokens, a mid-answer error
-
-Leaving the block counts the request under its status (an ``HTTPError``'s, 499 when
-the client went away, which also counts a disconnect; 500 for a bug). Underneath are
-plain calls a relay may use directly: ``observe_answer(route, status, ttft,
-tokens_answer, tokens_reasoning)`` once per answer, ``observe_request(route, status)``,
-``client_disconnected()``, ``upstream_error(kind)`` (errors before the first text
-reach the pool, which reports them through its observer hook).
+Every route is wrapped once (``Metrics.route(name, handler)``, in ``app.py``): when a
+request ends its status is counted (an ``HTTPError``'s, 499 when the client went
+away, which also counts a disconnect), and for an answer its time to first token and
+tokens are read from the access record the dialects fill (``responder.log``). A dialect
+hands over the relay's ``Outcome`` with ``answered(outcome)`` (beside ``note_outcome``)
+for the reasoning / answer split of the tokens and a mid-answer upstream error;
+without it all tokens count as answer tokens. The plain calls underneath
+(``observe_answer``, ``observe_request``, ``client_disconnected``, ``upstream_error``)
+are there for a caller outside a route.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Iterator
-from types import TracebackType
+import contextvars
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
@@ -42,7 +36,18 @@ from ds2a.server.errors import HTTPError
 if TYPE_CHECKING:
     from ds2a.pool import AccountPool
     from ds2a.relay.answer import Outcome
-    from ds2a.server import Responder
+    from ds2a.server import Request, Responder
+
+Handler = Callable[["Request", "Responder"], Awaitable[None]]
+# The outcome a dialect handed over for the request running in this task.
+_OUTCOME: contextvars.ContextVar[list[Outcome] | None] = contextvars.ContextVar("ds2a_outcome", default=None)
+
+
+def answered(outcome: Outcome) -> None:
+    """A dialect's answer ended with ``outcome`` (call it where ``note_outcome`` is called)."""
+    slot = _OUTCOME.get()
+    if slot is not None:
+        slot.append(outcome)
 
 # `*_created` series double the output and no dashboard here reads them.
 disable_created_metrics()
@@ -149,10 +154,6 @@ class Metrics(PoolObserver):
 
     # --- what handlers call ---------------------------------------------------
 
-    def answer(self, route: str, responder: Responder) -> AnswerMeter:
-        """Measure one request of a dialect handler (see the module docstring)."""
-        return AnswerMeter(self, route, responder)
-
     def observe_request(self, route: str, status: int | str) -> None:
         key = (route, str(status))
         child = self._request_children.get(key)
@@ -193,56 +194,6 @@ class Metrics(PoolObserver):
 
     def failover(self) -> None:
         self.failovers.inc()
-
-
-class AnswerMeter:
-    """One request's figures, counted once when its handler's ``with`` block ends."""
-
-    __slots__ = ("metrics", "route", "responder", "began", "ttft", "outcome")
-
-    def __init__(self, metrics: Metrics, route: str, responder: Responder) -> None:
-        self.metrics = metrics
-        self.route = route
-        self.responder = responder
-        self.began = time.monotonic()
-        self.ttft: float | None = None
-        self.outcome: Outcome | None = None
-
-    def __enter__(self) -> AnswerMeter:
-        return self
-
-    def first_text(self) -> None:
-        self.ttft = time.monotonic() - self.began
-
-    def ended(self, outcome: Outcome | None) -> None:
-        self.outcome = outcome
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        metrics = self.metrics
-        status = 200
-        if isinstance(exc, HTTPError):
-            status = exc.status
-        elif isinstance(exc, asyncio.CancelledError):
-            if self.responder.disconnected.is_set():
-                metrics.client_disconnected()
-                status = 499  # nginx's word for "the client closed the request"
-            else:
-                status = 503  # shutting down
-        elif exc is not None:
-            status = 500
-        outcome = self.outcome
-        if self.ttft is None:
-            metrics.observe_request(self.route, status)
-            return
-        answer_tokens = reasoning_tokens = 0
-        if outcome is not None:
-            reasoning_tokens = outcome.reasoning_tokens
-            answer_tokens = max(0, outcome.completion_tokens - reasoning_tokens)
-            if outcome.error is not None:
-                metrics.upstream_error(outcome.error.kind.value)
-        metrics.observe_answer(self.route, status, self.ttft, answer_tokens, reasoning_tokens)
 
 
 class _PoolGauges(Collector):

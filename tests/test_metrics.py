@@ -133,3 +133,22 @@ def test_the_grafana_dashboard_reads_only_names_the_gateway_exports(make_stack: 
     text = http(stack, "GET", "/metrics")[2].decode()
     exported = {name for name, _ in scrape(stack)} | set(re.findall(r"^# HELP (\w+)", text, re.M))
     assert used and used <= exported, used - exported
+
+
+def test_every_dialect_is_counted_by_its_route(make_stack: Callable[..., Stack]) -> None:
+    stack = make_stack(accounts=1)
+    before = scrape(stack)
+    claude = {"model": "claude-sonnet-4-5", "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]}
+    assert http(stack, "POST", "/v1/messages", claude)[0] == 200
+    assert http(stack, "POST", "/v1/responses", {"model": "deepseek-chat", "input": "hi"})[0] == 200
+    assert http(stack, "GET", "/healthz")[0] == 200
+    after = scrape(stack)
+    for route in ("messages", "responses", "healthz"):
+        assert value(after, "ds2a_requests_total", route=route, status="200") == value(
+            before, "ds2a_requests_total", route=route, status="200"
+        ) + 1, route
+    assert value(after, "ds2a_time_to_first_token_seconds_count") == value(
+        before, "ds2a_time_to_first_token_seconds_count"
+    ) + 2, "both answers' first tokens"
+    relayed = sum(v for (n, _), v in after.items() if n == "ds2a_tokens_relayed_total")
+    assert relayed > sum(v for (n, _), v in before.items() if n == "ds2a_tokens_relayed_total")

@@ -135,9 +135,9 @@ class RedisBroker(LeaseBroker):
             log.info("Redis at %s is reachable: the shared pool serves again", self.where)
         self.up = True
 
-    async def close(self) -> None:
+    def stop_queue(self) -> None:
         self.closing = True
-        await super().close()
+        super().stop_queue()
         for wid, (future, _) in list(self.waiting.items()):
             if not future.done():
                 future.set_exception(PoolClosing("the gateway is shutting down", code="shutting_down"))

@@ -21,7 +21,7 @@ from ds2a.metrics import CONTENT_TYPE, Handler, Metrics
 from ds2a.pool import AccountPool
 from ds2a.relay.core import Relay
 from ds2a.responses.handler import ResponsesHandler
-from ds2a.responses.store import MemoryStore
+from ds2a.responses.store import MemoryStore, ResponseStore
 from ds2a.server import ErrorRenderer, HTTPError, HTTPServer, Request, Responder, Router
 
 log = logging.getLogger(__name__)
@@ -52,16 +52,27 @@ class Gateway:
         self.chat = ChatHandler(config, self.relay, self.models, self.auth)
         claude_models = ClaudeModels.from_config(config.anthropic, self.models)
         self.anthropic = MessagesHandler(config, self.relay, claude_models, self.auth)
-        limits = config.responses
-        self.response_store = MemoryStore(
-            max_count=limits.store_max_count, max_age=limits.store_max_age, max_bytes=limits.store_max_bytes
-        )
+        self.response_store = self._response_store()
         self.responses = ResponsesHandler(self.relay, self.models, self.auth, self.response_store)
         self.router = self._routes()
         render_error = render_error_by_path(
             {"/v1/messages": render_anthropic_error, "/messages": render_anthropic_error}, render_openai_error
         )
         self.server = HTTPServer(self.router, config.server, render_error=render_error)
+
+    def _response_store(self) -> ResponseStore:
+        """In memory, or shared by the replicas through the pool's Redis (``redis.url``)."""
+        limits = self.config.responses
+        bounds = {"max_count": limits.store_max_count, "max_age": limits.store_max_age,
+                  "max_bytes": limits.store_max_bytes}
+        if not self.config.redis.url:
+            return MemoryStore(**bounds)
+        from ds2a.pool.redis_pool import RedisBroker
+        from ds2a.responses.redis_store import RedisResponseStore
+
+        broker = self.pool.broker
+        assert isinstance(broker, RedisBroker)
+        return RedisResponseStore(broker.redis, self.config.redis.prefix, where=broker.where, **bounds)
 
     def _routes(self) -> Router:
         router = Router()

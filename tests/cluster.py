@@ -217,3 +217,25 @@ def answer_text(status: int, headers: dict[str, str], body: bytes) -> str:
         assert not [c for c in chunks if "error" in c], chunks[-1]
         return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
     return json.loads(body)["choices"][0]["message"]["content"]
+
+
+async def call(base_url: str, method: str, path: str, body: dict[str, Any] | None = None, key: str = KEY,
+               timeout: float = 60) -> tuple[int, Any]:
+    """One JSON request over its own connection; (status, parsed JSON body)."""
+    from harness import parse_response
+
+    host, port = base_url.rsplit("/", 1)[-1].split(":")
+    data = b"" if body is None else json.dumps(body).encode()
+    reader, writer = await asyncio.open_connection(host, int(port))
+    head = (
+        f"{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {key}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
+    )
+    writer.write(head.encode() + data)
+    try:
+        async with asyncio.timeout(timeout):
+            raw = await reader.read()
+    finally:
+        writer.close()
+    status, _, payload = parse_response(raw)
+    return status, json.loads(payload) if payload else None

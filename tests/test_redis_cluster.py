@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import redis as redis_sync
 
-from cluster import KEY, Cluster, answer_text, chat
+from cluster import KEY, Cluster, answer_text, call, chat
 from ds2a.sim import SimConfig, expected
 from redis_server import RedisServer, own_server_or_skip, shared_url_or_skip, unique_prefix
 
@@ -114,6 +114,20 @@ async def test_three_replicas_share_four_accounts_without_two_generations_on_one
     assert c["max_active_streams"] == 4, "all four accounts were in use at once"
     served = cluster.sim.call(lambda: {r.account for r in cluster.sim.sim.requests if r.path == COMPLETION})
     assert len(served) == 4
+
+    # A stored Responses-API response is there for every replica: read and continued elsewhere.
+    one, two, three = (r.base_url for r in cluster.replicas)
+    status, created = await call(one, "POST", "/v1/responses", {"model": "deepseek-chat", "input": "remember"})
+    assert status == 200, created
+    status, read = await call(two, "GET", f"/v1/responses/{created['id']}")
+    assert status == 200 and read["id"] == created["id"] and read["output"] == created["output"]
+    status, continued = await call(
+        three, "POST", "/v1/responses",
+        {"model": "deepseek-chat", "input": "and then?", "previous_response_id": created["id"]},
+    )
+    assert status == 200, continued
+    assert (await call(two, "DELETE", f"/v1/responses/{created['id']}"))[0] == 200
+    assert (await call(three, "GET", f"/v1/responses/{created['id']}"))[0] == 404
 
 
 async def test_a_killed_replicas_account_is_free_again_after_the_lease_ttl(make_cluster: Any, redis_url: str) -> None:

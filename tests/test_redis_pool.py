@@ -239,3 +239,51 @@ async def test_an_account_removed_by_a_reload_leaves_the_shared_pool(replicas: A
         await two.acquire(timeout=0.3)
     other.release()
     assert held.account not in one.accounts and not one.leaving
+
+
+# --- stored Responses-API responses, shared by the replicas ----------------------------------
+
+
+async def test_stored_responses_are_shared_and_bounded_for_the_cluster(redis_url: str) -> None:
+    import redis.asyncio as aioredis
+
+    from ds2a.responses.redis_store import RedisResponseStore
+    from ds2a.responses.store import StoredResponse
+
+    prefix = unique_prefix()
+    clients = [aioredis.Redis.from_url(redis_url, decode_responses=True) for _ in range(2)]
+    one, two = (RedisResponseStore(c, prefix, max_count=2, max_age=60, max_bytes=100) for c in clients)
+
+    def record(i: int, size: int = 10) -> StoredResponse:
+        return StoredResponse({"id": f"resp_{i}", "output": [{"n": i}]}, [{"in": i}], [], "owner", size)
+
+    try:
+        await one.put(record(1))
+        got = await two.get("resp_1")  # stored on one replica, read on the other
+        assert got is not None and got.conversation() == [{"in": 1}, {"n": 1}] and got.owner == "owner"
+        await two.put(record(2))
+        await one.put(record(3))  # a third: the oldest goes (max_count 2)
+        assert await one.get("resp_1") is None and await two.get("resp_3") is not None
+        await one.put(record(4, size=95))  # past max_bytes: older ones go until it fits
+        assert await two.get("resp_2") is None and await two.get("resp_3") is None
+        assert await one.get("resp_4") is not None
+        await one.put(record(5, size=500))  # alone larger than the store: not kept
+        assert await two.get("resp_5") is None
+        assert await two.delete("resp_4") is True and await one.delete("resp_4") is False
+    finally:
+        for c in clients:
+            await c.aclose()
+
+
+async def test_a_response_store_without_redis_answers_503_naming_it() -> None:
+    import redis.asyncio as aioredis
+
+    from ds2a.responses.redis_store import RedisResponseStore
+    from ds2a.server.errors import HTTPError
+
+    client = aioredis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=1)
+    store = RedisResponseStore(client, "x:", max_count=10, max_age=60, max_bytes=1000)
+    with pytest.raises(HTTPError) as info:
+        await store.get("resp_1")
+    assert info.value.status == 503 and "Redis" in info.value.message
+    await client.aclose()

@@ -9,10 +9,10 @@ generations in flight, queue depth) are read from the pool at scrape time.
 Every route is wrapped once (``Metrics.route(name, handler)``, in ``app.py``): when a
 request ends its status is counted (an ``HTTPError``'s, 499 when the client went
 away, which also counts a disconnect), and for an answer its time to first token and
-tokens are read from the access record the dialects fill (``responder.log``). A dialect
-hands over the relay's ``Outcome`` with ``answered(outcome)`` (beside ``note_outcome``)
-for the reasoning / answer split of the tokens and a mid-answer upstream error;
-without it all tokens count as answer tokens. The plain calls underneath
+tokens are read from the access record the dialects fill (``responder.log``). The
+relay's ``Outcome`` is handed over with ``answered(outcome)`` (``api/dialect.py``'s
+``run_answer`` does it for every dialect) for the reasoning / answer split of the
+tokens and a mid-answer upstream error; without it all tokens count as answer tokens. The plain calls underneath
 (``observe_answer``, ``observe_request``, ``client_disconnected``, ``upstream_error``)
 are there for a caller outside a route.
 """
@@ -44,7 +44,7 @@ _OUTCOME: contextvars.ContextVar[list[Outcome] | None] = contextvars.ContextVar(
 
 
 def answered(outcome: Outcome) -> None:
-    """A dialect's answer ended with ``outcome`` (call it where ``note_outcome`` is called)."""
+    """A dialect's answer ended with ``outcome`` (``api/dialect.run_answer`` calls this)."""
     slot = _OUTCOME.get()
     if slot is not None:
         slot.append(outcome)

@@ -131,16 +131,18 @@ async def test_three_replicas_share_four_accounts_without_two_generations_on_one
 
 
 async def test_a_killed_replicas_account_is_free_again_after_the_lease_ttl(make_cluster: Any, redis_url: str) -> None:
-    cluster = make_cluster(redis_url, replicas=2, accounts=1, sim=SimConfig(delay=0.005, answer_tokens=60))
+    # The survivor waits at most a few TTLs for the account (then it would answer 429): the
+    # dead replica's lease must run out by itself, nobody releases it.
+    cluster = make_cluster(
+        redis_url, replicas=2, accounts=1, sim=SimConfig(delay=0.005, answer_tokens=60),
+        config={"pool": {"queue_timeout": TTL * 3}},
+    )
     a, b = cluster.replicas
     reader, writer = await first_text(a.base_url, "on the replica that dies")
     a.kill()  # SIGKILL: no cleanup, no release; its lease lives on in Redis until the TTL
     writer.close()
-    began = time.monotonic()
     reply = await chat(b.base_url, "after the kill", stream=True)
-    waited = time.monotonic() - began
     assert answer_text(*reply) == expected("after the kill", False, False, cluster.sim.config).answer
-    assert waited < TTL + 2, f"the account came back after {waited:.1f} s (TTL {TTL} s)"
     assert_one_generation_per_account(cluster)
 
 
@@ -166,13 +168,13 @@ async def test_a_paused_replica_never_releases_a_lease_that_is_no_longer_its_own
         data += chunk
     writer.close()
     assert b"[DONE]" in data
-    await asyncio.sleep(TTL / 3 + 0.5)  # A's renewal has run and learnt the lease is lost
+    await until(lambda: "is someone else's now" in a.log(), "A's renewal to learn its lease is lost")
+    await asyncio.sleep(0.2)  # A's answer has ended: its release (refused) has been sent
     assert r.get(lease_key) == fence_b, "A released or renewed B's lease"
     third = await chat(a.base_url, "after both")  # waits for B's answer through the shared queue
     assert answer_text(*third) == expected("after both", False, False, cluster.sim.config).answer
     assert answer_text(*(await second))
     assert upstream_order(cluster)[-1] is not None
-    assert "is someone else's now" in a.log()
     c = cluster.sim.counters()
     assert c["parallel_violations"] == 0 and c["max_active_per_account"] == 1, cluster.logs()
 

@@ -33,9 +33,10 @@ import json
 import secrets
 import string
 from dataclasses import dataclass, field
-from json.encoder import encode_basestring, encode_basestring_ascii  # C implementations
 from typing import Any, Protocol
 
+from ds2a.api.jsonbytes import dumps
+from ds2a.api.jsonbytes import quote as _quote
 from ds2a.anthropic.errors import stream_error_event
 from ds2a.relay.answer import Outcome
 
@@ -93,21 +94,6 @@ def usage(input_tokens: int, output_tokens: int) -> dict[str, int]:
         "cache_read_input_tokens": 0,
         "output_tokens": output_tokens,
     }
-
-
-def _quote(text: str) -> bytes:
-    try:
-        return encode_basestring(text).encode()
-    except UnicodeEncodeError:
-        # A lone surrogate cannot be UTF-8; the ASCII encoder writes it as a \\u escape.
-        return encode_basestring_ascii(text).encode()
-
-
-def dumps(obj: Any) -> bytes:
-    try:
-        return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
-    except UnicodeEncodeError:
-        return json.dumps(obj, separators=(",", ":")).encode()
 
 
 def event(name: str, data: Any) -> bytes:

@@ -16,11 +16,12 @@ clients already read.
 
 from __future__ import annotations
 
-import json
 import secrets
 import string
-from json.encoder import encode_basestring, encode_basestring_ascii  # C implementations
 from typing import Any
+
+from ds2a.api.jsonbytes import dumps as _dumps
+from ds2a.api.jsonbytes import quote as _quote
 
 DONE = b"data: [DONE]\n\n"
 FINISH_REASONS = frozenset({"stop", "length", "content_filter", "tool_calls", "function_call"})
@@ -37,21 +38,6 @@ def new_completion_id() -> str:
         n, i = divmod(n, 62)
         chars.append(_ID_ALPHABET[i])
     return "chatcmpl-" + "".join(chars)
-
-
-def _quote(text: str) -> bytes:
-    try:
-        return encode_basestring(text).encode()
-    except UnicodeEncodeError:
-        # A lone surrogate cannot be UTF-8; the ASCII encoder writes it as a \\u escape.
-        return encode_basestring_ascii(text).encode()
-
-
-def _dumps(obj: Any) -> bytes:
-    try:
-        return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
-    except UnicodeEncodeError:
-        return json.dumps(obj, separators=(",", ":")).encode()
 
 
 def usage_dict(prompt_tokens: int, completion_tokens: int, reasoning_tokens: int = 0) -> dict[str, Any]:

@@ -37,7 +37,7 @@ from redis import exceptions as redis_errors
 from ds2a.config import RedisConfig
 from ds2a.deepseek.errors import DeepSeekError, ErrorKind
 from ds2a.pool.account import Account, Health
-from ds2a.pool.broker import Group, Lease, LeaseBroker, token_digest
+from ds2a.pool.broker import Lease, LeaseBroker, token_digest
 from ds2a.pool.errors import PoolClosing, PoolUnavailable
 from ds2a.pool.redis_scripts import SCRIPTS
 

@@ -18,11 +18,11 @@ as reasoning text otherwise (see ``parse._reasoning``).
 
 from __future__ import annotations
 
-import json
 import time
-from json.encoder import encode_basestring, encode_basestring_ascii  # C implementations
 from typing import Any
 
+from ds2a.api.jsonbytes import dumps as _dumps
+from ds2a.api.jsonbytes import quote as _quote
 from ds2a.api.errors import upstream_error
 from ds2a.relay.answer import Annotation, Outcome
 from ds2a.responses.ids import new_id
@@ -32,18 +32,6 @@ COALESCE_MAX = 32  # events joined into one write at most, so no write grows unb
 
 # Why an answer is incomplete, in the Responses API's words.
 INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
-
-
-def _quote(text: str) -> bytes:
-    try:
-        return encode_basestring(text).encode()
-    except UnicodeEncodeError:
-        # A lone surrogate cannot be UTF-8; the ASCII encoder writes it as a \\u escape.
-        return encode_basestring_ascii(text).encode()
-
-
-def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass")
 
 
 def sse(event: dict[str, Any]) -> bytes:

@@ -299,11 +299,15 @@ def env_names() -> list[str]:
     return names + list(_ENV_SHORTCUTS) + list(_ENV_OTHERS)
 
 
+TEST_PREFIX = "DS2A_TEST_"  # the test suite's own variables (a Redis URL, caches): never config
+
+
 def _check_env_names(env: typing.Mapping[str, str]) -> None:
     """A mistyped variable stops start-up, as a mistyped key in config.json does."""
     known = set(env_names())
     for var in sorted(env):
-        if var.upper().startswith("DS2A_") and var not in known:
+        upper = var.upper()
+        if upper.startswith("DS2A_") and not upper.startswith(TEST_PREFIX) and var not in known:
             close = difflib.get_close_matches(var.upper(), known, n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise ConfigError(f"{var}: unknown environment variable{hint}; see README.md, Configuration")

@@ -1,6 +1,6 @@
 """A real Redis for the shared-pool tests: our own ``redis-server`` on a free port, or
 the one ``DS2A_TEST_REDIS_URL`` names. Skipped with a clear reason only when neither
-exists (and failed instead when ``DS2A_REQUIRE_REDIS`` is set, as ``.ci/run`` does).
+exists (and failed instead when ``DS2A_TEST_REQUIRE_REDIS`` is set, as ``.ci/run`` does).
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def require_redis_server() -> None:
     """For tests that stop and start their own Redis: DS2A_TEST_REDIS_URL cannot do that."""
     if shutil.which("redis-server") is None:
         reason = "redis-server is not on PATH (this test stops and restarts its own Redis)"
-        if os.environ.get("DS2A_REQUIRE_REDIS"):
+        if os.environ.get("DS2A_TEST_REQUIRE_REDIS"):
             pytest.fail(reason)
         pytest.skip(reason)
 
@@ -88,7 +88,7 @@ def shared_url_or_skip() -> tuple[str, RedisServer | None]:
     if url:
         return url, None
     reason = "no Redis: neither redis-server on PATH nor DS2A_TEST_REDIS_URL"
-    if os.environ.get("DS2A_REQUIRE_REDIS"):
+    if os.environ.get("DS2A_TEST_REQUIRE_REDIS"):
         pytest.fail(reason)
     pytest.skip(reason)
 

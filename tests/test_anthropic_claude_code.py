@@ -1,7 +1,7 @@
 """Claude Code (``@anthropic-ai/claude-code``, headless ``claude -p``) against the gateway and simulator.
 
 Runs where ``node`` and ``npm`` are installed: the CLI is installed once from the npm
-registry into a cache outside the repository (``$DS2A_NPM_CACHE``, default
+registry into a cache outside the repository (``$DS2A_TEST_NPM_CACHE``, default
 ``~/.cache/ds2a/npm``) and reused. Claude Code gets only ``ANTHROPIC_BASE_URL`` and
 ``ANTHROPIC_API_KEY`` (as a user would set them), a scratch ``HOME`` and working
 directory, and no tool that could touch the machine: shell, edits, writes and web
@@ -28,7 +28,7 @@ from test_anthropic_e2e import simulator_calls_tools
 
 PACKAGE = "@anthropic-ai/claude-code@2"
 MACHINE_TOOLS = "Bash Edit Write MultiEdit NotebookEdit WebFetch WebSearch KillShell BashOutput"
-CACHE = Path(os.environ.get("DS2A_NPM_CACHE", Path.home() / ".cache" / "ds2a" / "npm"))
+CACHE = Path(os.environ.get("DS2A_TEST_NPM_CACHE", Path.home() / ".cache" / "ds2a" / "npm"))
 
 
 def claude_cli() -> Path:

@@ -179,3 +179,11 @@ def test_listen_backlog_has_a_large_default_and_must_be_positive() -> None:
     assert load_config(None, env={}).server.backlog >= 1024
     with pytest.raises(ConfigError, match="server.backlog"):
         load_config(None, env={}, overrides={"server": {"backlog": 0}})
+
+
+def test_the_test_suites_own_variables_are_not_config() -> None:
+    # .ci/run exports DS2A_TEST_* for the tests; gateways the tests start inherit them.
+    config = load_config(None, env={"DS2A_TEST_REQUIRE_REDIS": "1", "DS2A_TEST_REDIS_URL": "redis://x"})
+    assert config.redis.url == ""
+    with pytest.raises(ConfigError, match="DS2A_TESTS_X"):
+        load_config(None, env={"DS2A_TESTS_X": "1"})

@@ -6,7 +6,7 @@ runs ``codex exec`` with a custom provider pointed at the gateway, a read-only
 sandbox, no approvals, an isolated ``CODEX_HOME`` and a throwaway working folder, so
 nothing it might do touches the machine (the one command a test lets the model run is an
 ``echo``). It needs ``node``; the package is installed
-once into ``~/.cache/ds2a-clients/codex`` (or found through ``DS2A_CODEX`` or PATH),
+once into ``~/.cache/ds2a-clients/codex`` (or found through ``DS2A_TEST_CODEX`` or PATH),
 and the test is skipped, saying why, when that is impossible.
 """
 
@@ -103,8 +103,8 @@ def test_agents_sdk_runs_a_function_tool_to_a_final_answer(stack: Stack) -> None
 
 
 def codex_binary() -> Path:
-    """The codex executable: DS2A_CODEX, PATH, the cache, or installed into the cache from npm."""
-    configured = os.environ.get("DS2A_CODEX")
+    """The codex executable: DS2A_TEST_CODEX, PATH, the cache, or installed into the cache from npm."""
+    configured = os.environ.get("DS2A_TEST_CODEX")
     if configured:
         return Path(configured)
     if shutil.which("node") is None:
@@ -138,9 +138,9 @@ def codex_exec(stack: Stack, tmp_path: Path, prompt: str) -> subprocess.Complete
     home.mkdir()
     work.mkdir()
     provider = (
-        '{ name = "ds2a", base_url = "%s", env_key = "DS2A_API_KEY", wire_api = "responses" }' % stack.api_base
+        '{ name = "ds2a", base_url = "%s", env_key = "CODEX_GATEWAY_KEY", wire_api = "responses" }' % stack.api_base
     )
-    env = {**os.environ, "CODEX_HOME": str(home), "DS2A_API_KEY": KEY}
+    env = {**os.environ, "CODEX_HOME": str(home), "CODEX_GATEWAY_KEY": KEY}
     command = [
         str(binary), "exec",
         "--skip-git-repo-check", "--ephemeral", "--sandbox", "read-only", "--color", "never", "--json",

@@ -163,6 +163,8 @@ def _part_text(path: str, part: Any) -> str:
     if not isinstance(part, dict):
         _wrong_type(path, "an object", part)
     kind = part.get("type")
+    if not isinstance(kind, str):
+        _wrong_type(f"{path}.type", "a string", kind)
     if kind in ("text", "refusal"):
         text = part.get(kind)
         if not isinstance(text, str):
@@ -175,8 +177,6 @@ def _part_text(path: str, part: Any) -> str:
             path,
             "unsupported_content",
         )
-    if not isinstance(kind, str):
-        _wrong_type(f"{path}.type", "a string", kind)
     _fail(f"Invalid value for '{path}.type': {kind!r}. Supported values are: 'text'.", f"{path}.type", "invalid_value")
 
 

@@ -270,6 +270,10 @@ def _message(path: str, item: dict[str, Any]) -> dict[str, Any]:
 def _part_text(path: str, raw: Any) -> str:
     part = _object(raw, path)
     kind = part.get("type")
+    if kind is None:
+        _missing(f"{path}.type")
+    if not isinstance(kind, str):
+        _wrong_type(f"{path}.type", "a string", kind)
     if kind in TEXT_PARTS:
         return _require(part, "text", str, "a string", f"{path}.text")
     if kind == "refusal":
@@ -281,10 +285,6 @@ def _part_text(path: str, raw: Any) -> str:
             path,
             "unsupported_content",
         )
-    if kind is None:
-        _missing(f"{path}.type")
-    if not isinstance(kind, str):
-        _wrong_type(f"{path}.type", "a string", kind)
     _fail(
         f"Invalid value for '{path}.type': {kind!r}. Supported values are: 'input_text' and 'output_text'.",
         f"{path}.type",

@@ -115,3 +115,28 @@ def test_no_mutation_of_a_valid_request_is_a_500(stack: Stack, route: str, caplo
     stack.wait_idle()
     tracebacks = [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
     assert not tracebacks, [r.getMessage() for r in tracebacks][:5]
+
+
+ODD_REQUESTS = [
+    ("GET", "/v1/responses/resp_nope", None, {}),
+    ("GET", "/v1/responses/resp_nope/input_items?limit=abc&order=sideways&after=%00", None, {}),
+    ("GET", "/v1/responses/%ff%fe/input_items?limit=-5", None, {}),
+    ("DELETE", "/v1/responses/" + "x" * 5000, None, {}),
+    ("GET", "/v1/models?limit=-1&after_id=%ff", None, {"anthropic-version": "2023-06-01"}),
+    ("GET", "/v1/models?limit=abc&before_id=zzz", None, {"anthropic-version": "2023-06-01"}),
+    ("GET", "/v1/models/%2F..%2F", None, {"anthropic-version": "2023-06-01"}),
+    ("POST", "/v1/messages/count_tokens", b"[]", {"anthropic-version": "2023-06-01"}),
+    ("POST", "/v1/messages?beta=%ff%fe", b"{}", {"anthropic-version": "2023-06-01"}),
+    ("POST", "/admin/reload", b"\x00\xff", {}),
+    ("GET", "/metrics?name[]=x", None, {}),
+    ("POST", "/v1/responses", b'{"model": "deepseek-chat", "input": "x", "previous_response_id": 5}', {}),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "headers"), ODD_REQUESTS)
+def test_odd_paths_and_queries_are_never_a_500(
+    stack: Stack, method: str, path: str, body: bytes | None, headers: dict[str, str]
+) -> None:
+    status, response_headers, payload = http(stack, method, path, body, headers)
+    assert status < 500, (method, path, status, payload)
+    assert response_headers.get("content-type", "").startswith(("application/json", "text/plain")), payload

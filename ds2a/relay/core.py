@@ -19,7 +19,6 @@ upstream read one flush, i.e. one write).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -103,7 +102,7 @@ class Relay:
 class _State:
     """What one answer has received so far; set by the loop, read into the Outcome."""
 
-    __slots__ = ("tokens", "reasoning_tokens", "upstream_tokens", "finish_reason", "replacement", "error", "chars")
+    __slots__ = ("tokens", "reasoning_tokens", "upstream_tokens", "finish_reason", "replacement", "error")
 
     def __init__(self) -> None:
         self.tokens = 0  # text events relayed: one upstream frame carries about one token
@@ -112,7 +111,6 @@ class _State:
         self.finish_reason: str | None = None
         self.replacement: str | None = None  # the upstream's canned refusal after a content filter
         self.error: DeepSeekError | None = None
-        self.chars = 0
 
     def completion_tokens(self) -> int:
         if self.upstream_tokens is not None:
@@ -209,8 +207,7 @@ class RelayAnswer:
             sink.flush()
             if state.finish_reason is not None or state.error is not None:
                 return
-            state.chars = chain.chars
-            if state.chars > max_chars:
+            if chain.chars > max_chars:
                 state.error = DeepSeekError(ErrorKind.PROTOCOL, f"the answer exceeded {max_chars} characters and was cut")
                 return
             if sink.paused:
@@ -252,8 +249,3 @@ class RelayAnswer:
 
 def _annotation(cite: dict[str, Any]) -> Annotation:
     return Annotation(cite["url"], cite["title"], cite["start_index"], cite["end_index"])
-
-
-def arguments_text(arguments: Any) -> str:
-    """Tool-call arguments as JSON text, whether a client sent text or an object."""
-    return arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)

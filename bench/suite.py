@@ -26,7 +26,7 @@ from bench.procs import Child, Children, Pinning
 from bench.scenarios import Scenario
 from bench.stats import Figures, Measured, distributions, figures, label, max_concurrent, per_account, window_of
 from ds2a.config import DeepSeekConfig
-from ds2a.deepseek.prompt import build_prompt
+from ds2a.relay.prompt import build_prompt
 from ds2a.sim import SimConfig
 
 KEY = "sk-ds2a-bench-key"

@@ -1,6 +1,6 @@
 """Prompt flattening (protocol doc §11.1): the doc's example byte for byte, merging, tools, images.
 
-The templates live in ``ds2a.relay.prompt``; ``ds2a.deepseek.prompt`` re-exports them for older callers.
+The templates live in ``ds2a.relay.prompt``.
 """
 
 from __future__ import annotations
@@ -129,10 +129,3 @@ def test_render_tool_calls() -> None:
 )
 def test_render_tool_result(name: str | None, call_id: str | None, expected: str) -> None:
     assert render_tool_result(name, call_id, "18C") == expected
-
-
-def test_the_old_import_path_names_the_same_functions() -> None:
-    from ds2a.deepseek import prompt as old
-
-    assert (old.build_prompt, old.render_tool_calls, old.render_tool_result) == (
-        build_prompt, render_tool_calls, render_tool_result)

@@ -9,15 +9,11 @@ own API; ``api.models`` in config replaces the table entirely.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from ds2a.api.errors import ApiError
 from ds2a.config import ApiConfig, ConfigError, DeepSeekConfig
-
-# A fixed timestamp (2025-01-20, the DeepSeek-R1 release) rather than start-up time, so
-# /v1/models answers the same bytes across restarts and clients can cache it.
-CREATED = 1737331200
+from ds2a.relay.spec import ModelSpec
 
 # Canonical name -> alias. Flags come from the name: "reasoner" thinks, "-search" searches.
 DEFAULT_NAMES: tuple[tuple[str, str], ...] = (
@@ -26,16 +22,6 @@ DEFAULT_NAMES: tuple[tuple[str, str], ...] = (
     ("deepseek-chat-search", "deepseek-v3-search"),
     ("deepseek-reasoner-search", "deepseek-r1-search"),
 )
-
-
-@dataclass(frozen=True, slots=True)
-class ModelSpec:
-    id: str
-    thinking: bool
-    search: bool
-    model_type: str
-    owned_by: str = "deepseek"
-    created: int = CREATED
 
 
 def _model_object(model_id: str, spec: ModelSpec) -> dict[str, Any]:

@@ -23,7 +23,6 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from ds2a.api.models import ModelSpec
 from ds2a.config import Config
 from ds2a.deepseek.errors import DeepSeekError, ErrorKind
 from ds2a.deepseek.events import AnswerDelta, Citation, Finish, ReasoningDelta, StreamError, Usage
@@ -33,6 +32,7 @@ from ds2a.pool.errors import PoolError
 from ds2a.relay.answer import Annotation, AnswerSink, Outcome
 from ds2a.relay.conversation import Conversation
 from ds2a.relay.prompt import render_prompt
+from ds2a.relay.spec import ModelSpec
 from ds2a.relay.transforms import TextChain
 from ds2a.relay.usage import count_prompt_tokens
 

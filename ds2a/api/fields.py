@@ -11,6 +11,16 @@ from typing import Any, NoReturn
 from ds2a.api.errors import ApiError
 
 
+# JSON types as the checks below take them: (Python types, how a message names them).
+JsonType = tuple[tuple[type, ...], str]
+NUMBER: JsonType = ((int, float), "a number")
+INTEGER: JsonType = ((int,), "an integer")
+STRING: JsonType = ((str,), "a string")
+BOOLEAN: JsonType = ((bool,), "a boolean")
+OBJECT: JsonType = ((dict,), "an object")
+ARRAY: JsonType = ((list,), "an array")
+
+
 def fail(message: str, param: str | None, code: str) -> NoReturn:
     raise ApiError(400, message, param=param, code=code)
 

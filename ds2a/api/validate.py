@@ -21,6 +21,10 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from ds2a.api.body import load_json_object
+from ds2a.api.fields import BOOLEAN as _BOOLEAN
+from ds2a.api.fields import NUMBER as _NUMBER
+from ds2a.api.fields import OBJECT as _OBJECT
+from ds2a.api.fields import STRING as _STRING
 from ds2a.api.fields import fail as _fail
 from ds2a.api.fields import optional as _optional
 from ds2a.api.fields import require as _require
@@ -43,10 +47,6 @@ ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function
 UNSUPPORTED_PARTS = {"image_url": "images", "input_audio": "audio", "file": "files"}
 
 # Ignored parameters, with the JSON types they may have (null is always allowed).
-_NUMBER = ((int, float), "a number")
-_STRING = ((str,), "a string")
-_OBJECT = ((dict,), "an object")
-_BOOLEAN = ((bool,), "a boolean")
 _IGNORED: dict[str, tuple[tuple[type, ...], str]] = {
     "temperature": _NUMBER,
     "top_p": _NUMBER,

@@ -29,6 +29,11 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from ds2a.api.body import load_json_object
+from ds2a.api.fields import ARRAY as _ARRAY
+from ds2a.api.fields import INTEGER as _INTEGER
+from ds2a.api.fields import NUMBER as _NUMBER
+from ds2a.api.fields import OBJECT as _OBJECT
+from ds2a.api.fields import STRING as _STRING
 from ds2a.api.fields import fail as _fail
 from ds2a.api.fields import missing as _missing
 from ds2a.api.fields import optional as _optional
@@ -74,12 +79,6 @@ ID_PREFIXES = {
 }
 
 # Known parameters that change nothing here, with the JSON types they may have (null always allowed).
-_NUMBER = ((int, float), "a number")
-_STRING = ((str,), "a string")
-_OBJECT = ((dict,), "an object")
-_BOOLEAN = ((bool,), "a boolean")
-_INTEGER = ((int,), "an integer")
-_ARRAY = ((list,), "an array")
 _IGNORED: dict[str, tuple[tuple[type, ...], str]] = {
     "temperature": _NUMBER,
     "top_p": _NUMBER,

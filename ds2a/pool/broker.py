@@ -267,6 +267,25 @@ class LeaseBroker(abc.ABC):
         group = lease.group
         group.lease_seconds = 0.8 * group.lease_seconds + 0.2 * (now - lease.started)
 
+    def open_lease(self, group: Group, account: Account, now: float, direct_token: str | None = None) -> Lease:
+        """What every backend records when it hands an account out."""
+        account.inflight += 1
+        account.last_started = now
+        account.generations += 1
+        lease = Lease(self.pool, group, account, direct_token=direct_token)
+        self.leases.add(lease)
+        return lease
+
+    def close_lease(self, lease: Lease) -> None:
+        """What every backend records when a lease comes back: capacity, timing, the pool's follow-ups."""
+        self.leases.discard(lease)
+        account = lease.account
+        account.inflight -= 1
+        now = time.monotonic()
+        account.last_released = now
+        self.note_lease_time(lease, now)
+        self.pool.lease_ended(account)
+
 
 class LocalBroker(LeaseBroker):
     """Everything in this process: the embedded pool."""
@@ -302,7 +321,7 @@ class LocalBroker(LeaseBroker):
             account = self._pick(group, excluded, only, now)
             if account is not None:
                 self.pool.observer.queue_waited(0.0)
-                return self._lease(group, account, now, pinned)
+                return self.open_lease(group, account, now, pinned)
         timeout = self.pcfg.queue_timeout if timeout is None else timeout
         eligible = [only] if only is not None else [a for a in group.accounts if a not in excluded]
         self.check_feasible(group, eligible, now, timeout)
@@ -349,23 +368,10 @@ class LocalBroker(LeaseBroker):
                 best = account
         return best
 
-    def _lease(self, group: Group, account: Account, now: float, direct_token: str | None = None) -> Lease:
-        account.inflight += 1
-        account.last_started = now
-        account.generations += 1
-        lease = Lease(self.pool, group, account, direct_token=direct_token)
-        self.leases.add(lease)
-        return lease
-
     def release(self, lease: Lease) -> None:
-        self.leases.discard(lease)
+        self.close_lease(lease)
         account = lease.account
-        account.inflight -= 1
-        now = time.monotonic()
-        account.last_released = now
-        self.note_lease_time(lease, now)
         group = lease.group
-        self.pool.lease_ended(account)
         self._dispatch(group)
         if group.direct:
             if self.shadows:
@@ -387,7 +393,7 @@ class LocalBroker(LeaseBroker):
                     break  # nothing free for anyone: later waiters cannot do better
                 continue  # this waiter excludes the free accounts; a later one may take them
             group.waiters.remove(waiter)
-            waiter.future.set_result(self._lease(group, account, now, waiter.token))
+            waiter.future.set_result(self.open_lease(group, account, now, waiter.token))
         if group.waiters:
             self.arm_wakeup(group, now)
 

@@ -386,23 +386,12 @@ class RedisBroker(LeaseBroker):
                     "replicas sharing a Redis prefix must have the same accounts",
                     code="accounts_differ",
                 )
-        now = time.monotonic()
-        account.inflight += 1
-        account.last_started = now
-        account.generations += 1
-        lease = Lease(self.pool, group, account, direct_token=direct_token if pinned else None)
+        lease = self.open_lease(group, account, time.monotonic(), direct_token if pinned else None)
         lease.fence = fence
-        self.leases.add(lease)
         return lease
 
     def release(self, lease: Lease) -> None:
-        self.leases.discard(lease)
-        account = lease.account
-        account.inflight -= 1
-        now = time.monotonic()
-        account.last_released = now
-        self.note_lease_time(lease, now)
-        self.pool.lease_ended(account)
+        self.close_lease(lease)
         if lease.fence and not lease.lost:
             self._send_release(self._slot(lease), lease.fence)
         if lease.group.direct:

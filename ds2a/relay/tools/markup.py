@@ -64,6 +64,18 @@ def _word_at(s: str, j: int, word: str) -> int:
     return NONE
 
 
+def _first_word_at(s: str, j: int, words: tuple[str, ...]) -> tuple[int, str]:
+    """The first of ``words`` at ``s[j:]``: (MATCH, word); (PARTIAL, "") as soon as one could
+    still be there once more text arrives; else (NONE, "")."""
+    for word in words:
+        status = _word_at(s, j, word)
+        if status == MATCH:
+            return MATCH, word
+        if status == PARTIAL:
+            return PARTIAL, ""
+    return NONE, ""
+
+
 def scan_marker(s: str, i: int) -> tuple[int, int, int]:
     """Read a marker starting at ``s[i]`` (an opener): ``(status, end, kind)``.
 
@@ -91,16 +103,9 @@ def scan_marker(s: str, i: int) -> tuple[int, int, int]:
         j += 1
     if j >= n:
         return (PARTIAL, 0, 0) if j < limit else (NONE, 0, 0)
-    word = ""
-    for candidate in _WORDS:
-        status = _word_at(s, j, candidate)
-        if status == MATCH:
-            word = candidate
-            break
-        if status == PARTIAL:
-            return status, 0, 0
-    if not word:
-        return NONE, 0, 0
+    status, word = _first_word_at(s, j, _WORDS)
+    if status != MATCH:
+        return status, 0, 0
     j += len(word)
     plural = False
     suffix = ""
@@ -111,15 +116,9 @@ def scan_marker(s: str, i: int) -> tuple[int, int, int]:
     while j < n and s[j] in SEPARATORS:
         j += 1
     if j < n and s[j].isascii() and s[j].isalpha():  # not str.isalpha alone: 丨 is a "letter" too
-        for candidate in _SUFFIXES:
-            status = _word_at(s, j, candidate)
-            if status == MATCH:
-                suffix = candidate
-                break
-            if status == PARTIAL:
-                return status, 0, 0
-        if not suffix:
-            return NONE, 0, 0
+        status, suffix = _first_word_at(s, j, _SUFFIXES)
+        if status != MATCH:
+            return status, 0, 0
         j += len(suffix)
     while j < n and j < limit:  # bars and spaces after the keyword
         c = s[j]

@@ -25,7 +25,7 @@ from ds2a.relay.stops import StopMatcher
 
 class TextChain:
     __slots__ = (
-        "sink", "citations", "stops", "tools", "json", "conversation",
+        "sink", "citations", "stops", "tools", "json",
         "text", "reasoning", "finished", "finish_reason", "delivered", "chars",
         "tool_calls", "retried", "search", "citation_mode", "stop_list", "_sink_text", "_flushed",
     )
@@ -41,7 +41,6 @@ class TextChain:
         stream: bool = True,
     ) -> None:
         self.sink = sink
-        self.conversation = conversation
         self.search = search
         self.citation_mode = citation_mode
         self.stop_list = stops
